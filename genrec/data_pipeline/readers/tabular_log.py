@@ -1,0 +1,145 @@
+"""Interaction logs as CSV/TSV/Parquet with user, item and timestamp columns."""
+
+from collections.abc import Sequence
+from functools import reduce
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from genrec.data_pipeline.config import BadRows, DataConfig
+from genrec.data_pipeline.raw_log import RawLog
+from genrec.data_pipeline.readers.files import existing_file
+from genrec.data_pipeline.readers.ids import parse_ids
+from genrec.data_pipeline.readers.item_text import optional_item_table
+from genrec.errors import DataError
+
+DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t"}
+
+
+def _read_delimited(
+    path: Path,
+    delimiter: str,
+    skip_bad: bool,
+    names: Sequence[str] | None,
+    content: bytes | None = None,
+) -> tuple[pa.Table, int, int]:
+    """Parse with pyarrow; returns the table, the rows skipped and the line of row 0."""
+    bad_rows: list[str] = []
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        bad_rows.append(
+            f"line {row.number}: expected {row.expected_columns} columns, got {row.actual_columns}"
+            if row.number is not None
+            else f"row {row.text!r:.80}: wrong number of columns"
+        )
+        return "skip" if skip_bad else "error"
+
+    parse = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid)
+
+    def read(use_threads: bool) -> pa.Table:
+        bad_rows.clear()
+        options = pacsv.ReadOptions(
+            column_names=list(names) if names else None, use_threads=use_threads
+        )
+        source = path if content is None else pa.BufferReader(content)
+        return pacsv.read_csv(source, read_options=options, parse_options=parse)
+
+    try:
+        try:
+            table = read(use_threads=True)
+        except pa.ArrowInvalid:
+            if not bad_rows:
+                raise
+            table = read(use_threads=False)  # only a single-threaded parse knows line numbers
+    except pa.ArrowInvalid as err:
+        raise DataError(str(path), bad_rows[-1] if bad_rows else f"cannot parse: {err}") from err
+    return table, len(bad_rows), 1 if names else 2
+
+
+def read_columns(
+    path: Path,
+    columns: Sequence[str],
+    on_bad_rows: BadRows,
+    names: Sequence[str] | None = None,
+    delimiter: str | None = None,
+    content: bytes | None = None,
+) -> tuple[pa.Table, int, int]:
+    """The named columns of a log file, rows with a missing value counted as bad rows.
+
+    `content` is delimited text to parse instead of the file (say, rewritten from another
+    separator); `path` then only names the source. Returns the table, the number of rows
+    skipped and the file line of the table's row 0.
+    """
+    source = str(path)
+    skip_bad = on_bad_rows is BadRows.skip
+    if path.suffix in (".parquet", ".pq"):
+        table, skipped, first_line = pq.read_table(path), 0, 0
+    else:
+        sep = delimiter or DELIMITERS.get(path.suffix)
+        if sep is None:
+            raise DataError(source, "unknown log file type; use .csv, .tsv or .parquet")
+        table, skipped, first_line = _read_delimited(path, sep, skip_bad, names, content)
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise DataError(source, f"missing column(s) {missing}; columns are {table.column_names}")
+    table = table.select(list(columns))
+    if table.num_rows == 0:
+        raise DataError(source, "no rows")
+    valid = reduce(pc.and_, (pc.is_valid(table[c]) for c in columns))
+    if not pc.all(valid).as_py():
+        if not skip_bad:
+            row = pc.index(valid, False).as_py()
+            empty = [c for c in columns if not table[c][row].is_valid]
+            raise DataError(
+                source, f"{_row_name(row, first_line)}: empty value in column(s) {empty}"
+            )
+        skipped += table.num_rows - pc.sum(valid).as_py()
+        table = table.filter(valid)
+    return table, skipped, first_line
+
+
+def _row_name(row: int, first_line: int) -> str:
+    return f"line {row + first_line}" if first_line else f"row {row}"
+
+
+def order_key(values: pa.ChunkedArray | pa.Array, source: str, column: str) -> np.ndarray:
+    """Timestamps as int64 (numbers, or dates parsed by pyarrow) for ordering."""
+    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if pa.types.is_timestamp(values.type) or pa.types.is_date(values.type):
+        return pc.cast(pc.cast(values, pa.timestamp("s")), pa.int64()).to_numpy()
+    if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
+        return values.to_numpy().astype(
+            np.int64 if pa.types.is_integer(values.type) else np.float64
+        )
+    raise DataError(source, f"column '{column}' holds {values.type}, not numbers or timestamps")
+
+
+def read_log(cfg: DataConfig) -> RawLog:
+    path = existing_file(cfg.interactions)
+    source = str(path)
+    columns = [cfg.user_column, cfg.item_column, cfg.time_column]
+    table, skipped, first_line = read_columns(path, columns, cfg.on_bad_rows)
+
+    def where(i: int) -> str:
+        return _row_name(i, first_line)
+
+    users = parse_ids(
+        table[cfg.user_column].combine_chunks(), cfg.id_type, source, where, "user id"
+    )
+    items = parse_ids(
+        table[cfg.item_column].combine_chunks(), cfg.id_type, source, where, "item id"
+    )
+    times = order_key(table[cfg.time_column], source, cfg.time_column)
+    table = optional_item_table(cfg.items, cfg.item_id_column, cfg.text_columns, items)
+    return RawLog(
+        users=users,
+        items=items,
+        times=times,
+        item_table=table,
+        sources=[source, *([cfg.items] if cfg.items else [])],
+        skipped_rows=skipped,
+    )

