@@ -18,17 +18,31 @@ def _prepare(cfg: DictConfig) -> None:
     print(prepare(cfg))
 
 
-def _features(cfg: DictConfig) -> None:
+def _features(cfg: DictConfig) -> Path:
     from genrec.data_pipeline.prepare import prepare
     from genrec.data_pipeline.text_embeddings import embed_items
 
-    data_dir = prepare(cfg)
-    print(embed_items(cfg, data_dir, Path(cfg.run_dir) / "features" / "text"))
+    out = embed_items(cfg, prepare(cfg), Path(cfg.run_dir) / "features" / "text")
+    print(out)
+    return out
 
 
-COMMANDS: dict[str, tuple[Callable[[DictConfig], None], str]] = {
+def _run(cfg: DictConfig) -> None:
+    """Every stage in order; stages whose inputs are unchanged are reused."""
+    from genrec.data_pipeline.prepare import load_manifest
+
+    features = _features(cfg)
+    manifest = load_manifest(Path(cfg.run_dir) / "data")
+    print(f"users {manifest['num_users']:,}  items {manifest['num_items']:,}  "
+          f"interactions {manifest['num_interactions']:,}  "
+          f"train examples {manifest['num_train_examples']:,}  "
+          f"shards {len(manifest['shards'])}  text embeddings {features / 'embeddings.npy'}")
+
+
+COMMANDS: dict[str, tuple[Callable[[DictConfig], object], str]] = {
     "prepare": (_prepare, "read, filter, split and shard the interaction data"),
     "features": (_features, "item text embeddings (prepares the data first if needed)"),
+    "run": (_run, "the whole pipeline on the configured data (default: synthetic)"),
 }
 
 

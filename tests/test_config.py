@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from genrec.config import load_config
@@ -52,3 +54,10 @@ def test_real_formats_need_an_interactions_path():
 def test_override_without_equals_sign():
     with pytest.raises(ConfigError, match="key=value"):
         load_config([], ["data.format"])
+
+
+@pytest.mark.parametrize(
+    "preset", sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml")), ids=lambda p: p.name
+)
+def test_every_preset_loads(preset):
+    load_config([preset])

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from genrec.data_pipeline.preprocess import ragged_gather
 from genrec.errors import DataError
+from genrec.provenance import file_digest
 
 MEMBER_SUFFIX = ".items.npy"
 _SUFFIX = MEMBER_SUFFIX.encode()
@@ -114,8 +115,22 @@ def write_shards(
         return list(tqdm(jobs, total=len(chunks), desc="shards", unit="shard", leave=False))
 
 
-def read_shard(path: str | Path) -> Iterator[tuple[int, np.ndarray]]:
-    """(user, training sequence) for each sample of a shard; damage is a DataError naming it."""
+def _check_end(path: Path, offset: int) -> None:
+    """tarfile stops quietly at a damaged header; only zeros may follow the last member."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        if f.read().strip(b"\0"):
+            raise DataError(str(path), f"corrupt shard: unreadable tar header at byte {offset}")
+
+
+def read_shard(path: str | Path, sha256: str | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(user, training sequence) for each sample; damage is a DataError naming the shard.
+
+    With `sha256` (from the manifest) the whole shard is checked before anything is yielded.
+    """
+    path = Path(path)
+    if sha256 is not None and file_digest(path) != sha256:
+        raise DataError(str(path), "checksum mismatch: the shard was damaged or replaced")
     member = None
     try:
         with tarfile.open(path, mode="r|") as tar:
@@ -125,6 +140,8 @@ def read_shard(path: str | Path) -> Iterator[tuple[int, np.ndarray]]:
                 key = member.name.rsplit("/", 1)[-1][: -len(MEMBER_SUFFIX)]
                 items = np.load(io.BytesIO(tar.extractfile(member).read()), allow_pickle=False)
                 yield int(key), items.astype(np.int64, copy=False)
+            end = tar.offset
     except (tarfile.TarError, EOFError, OSError, ValueError) as err:
         where = f" after member {member.name}" if member is not None else ""
         raise DataError(str(path), f"corrupt or truncated shard{where}: {err}") from err
+    _check_end(path, end)

@@ -5,6 +5,7 @@ there are fewer shards than readers, every reader skims all shards and keeps its
 Examples are every prefix of a user's training sequence predicting the next item.
 """
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,11 @@ Example = dict[str, Any]
 def shard_paths(data_dir: str | Path) -> list[Path]:
     data_dir = Path(data_dir)
     return [data_dir / shard["path"] for shard in load_manifest(data_dir)["shards"]]
+
+
+def _shard_checksums(data_dir: str | Path) -> dict[Path, str]:
+    data_dir = Path(data_dir)
+    return {data_dir / s["path"]: s["sha256"] for s in load_manifest(data_dir)["shards"]}
 
 
 def prefix_examples(user: int, seq: np.ndarray, max_history: int) -> Iterator[Example]:
@@ -48,6 +54,12 @@ def _shuffled(
     yield from buffer
 
 
+def _loader_worker() -> tuple[int, int]:
+    """(this DataLoader worker, number of workers); (0, 1) outside a worker process."""
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info else (0, 1)
+
+
 class TrainExamples(IterableDataset):
     """Prefix examples from the shards of `data_dir`, split across ranks and loader workers.
 
@@ -63,7 +75,8 @@ class TrainExamples(IterableDataset):
         seed: int = 0,
         shuffle_buffer: int = 1024,
     ):
-        self.paths = shard_paths(data_dir)
+        self.checksums = _shard_checksums(data_dir)
+        self.paths = list(self.checksums)
         self.max_history = max_history
         self.rank, self.world_size = rank, world_size
         self.seed, self.shuffle_buffer = seed, shuffle_buffer
@@ -72,27 +85,31 @@ class TrainExamples(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _reader(self) -> tuple[int, int]:
-        info = get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        return self.rank * workers + worker, self.world_size * workers
-
     def sequences(self) -> Iterator[tuple[int, np.ndarray]]:
-        """This reader's (user, training sequence) samples for the current epoch."""
-        reader, readers = self._reader()
+        """This reader's (user, training sequence) samples for the current epoch.
+
+        Shards are dealt to ranks, then to loader workers within a rank, so a rank reads the
+        same samples whatever its number of workers. A level with more readers than shards
+        deals samples instead of shards.
+        """
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.paths))
         paths = [self.paths[i] for i in order]
-        if len(paths) >= readers:
-            for path in paths[reader::readers]:
-                yield from read_shard(path)
-            return
-        samples = (s for path in paths for s in read_shard(path))
-        for index, sample in enumerate(samples):
-            if index % readers == reader:
-                yield sample
+        deals: list[tuple[int, int]] = []
+        for part, parts in ((self.rank, self.world_size), _loader_worker()):
+            if not deals and len(paths) >= parts:
+                paths = paths[part::parts]
+            else:
+                deals.append((part, parts))
+        samples = itertools.chain.from_iterable(
+            read_shard(path, self.checksums[path]) for path in paths
+        )
+        for part, parts in deals:
+            samples = itertools.islice(samples, part, None, parts)
+        return samples
 
     def __iter__(self) -> Iterator[Example]:
-        reader, _ = self._reader()
+        worker, workers = _loader_worker()
+        reader = self.rank * workers + worker
         examples = (
             ex
             for user, seq in self.sequences()
