@@ -1,6 +1,7 @@
 """`genrec <command> [CONFIG.yaml ...] [key=value ...]`."""
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -9,39 +10,45 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from genrec.config import load_config
+from genrec.data_pipeline.prepare import load_manifest
 from genrec.errors import ConfigError, DataError
 
 
-def _prepare(cfg: DictConfig) -> None:
-    from genrec.data_pipeline.prepare import prepare
-
-    print(prepare(cfg))
-
-
-def _features(cfg: DictConfig) -> Path:
-    from genrec.data_pipeline.prepare import prepare
-    from genrec.data_pipeline.text_embeddings import embed_items
-
-    out = embed_items(cfg, prepare(cfg), Path(cfg.run_dir) / "features" / "text")
-    print(out)
-    return out
+def _print_paths(paths: Path | dict[str, Path]) -> None:
+    for path in paths.values() if isinstance(paths, dict) else [paths]:
+        print(path)
 
 
 def _run(cfg: DictConfig) -> None:
     """Every stage in order; stages whose inputs are unchanged are reused."""
-    from genrec.data_pipeline.prepare import load_manifest
+    from genrec import stages
 
-    features = _features(cfg)
-    manifest = load_manifest(Path(cfg.run_dir) / "data")
-    print(f"users {manifest['num_users']:,}  items {manifest['num_items']:,}  "
-          f"interactions {manifest['num_interactions']:,}  "
-          f"train examples {manifest['num_train_examples']:,}  "
-          f"shards {len(manifest['shards'])}  text embeddings {features / 'embeddings.npy'}")
+    tokenizer = stages.tokenize(cfg)
+    manifest = load_manifest(stages.data(cfg))
+    report = json.loads((tokenizer / "report.json").read_text())["items"]
+    print(
+        f"users {manifest['num_users']:,}  items {manifest['num_items']:,}  "
+        f"interactions {manifest['num_interactions']:,}  "
+        f"train examples {manifest['num_train_examples']:,}  shards {len(manifest['shards'])}\n"
+        f"tokenizer {cfg.tokenizer.name.name}: code usage per level "
+        f"{[round(level['usage'], 3) for level in report['levels']]}, collisions "
+        f"{report['collision_rate_before']:.3f} -> {report['collision_rate_after']:.3f}"
+    )
 
 
-COMMANDS: dict[str, tuple[Callable[[DictConfig], object], str]] = {
-    "prepare": (_prepare, "read, filter, split and shard the interaction data"),
-    "features": (_features, "item text embeddings (prepares the data first if needed)"),
+def _stage(name: str) -> Callable[[DictConfig], None]:
+    def command(cfg: DictConfig) -> None:
+        from genrec import stages
+
+        _print_paths(getattr(stages, name)(cfg))
+
+    return command
+
+
+COMMANDS: dict[str, tuple[Callable[[DictConfig], None], str]] = {
+    "prepare": (_stage("data"), "read, filter, split and shard the interaction data"),
+    "features": (_stage("features"), "item text embeddings, SASRec and LightGCN embeddings"),
+    "tokenize": (_stage("tokenize"), "fit the item tokenizer and write semantic IDs"),
     "run": (_run, "the whole pipeline on the configured data (default: synthetic)"),
 }
 

@@ -11,6 +11,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from genrec.data_pipeline.config import DataConfig, FeaturesConfig
 from genrec.errors import ConfigError
+from genrec.tokenizers.config import LightGCNConfig, SASRecConfig, TokenizerConfig
 
 
 @dataclass
@@ -19,6 +20,9 @@ class GenrecConfig:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+    lightgcn: LightGCNConfig = field(default_factory=LightGCNConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
 
 def _describe(err: OmegaConfBaseException) -> str:

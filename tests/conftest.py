@@ -1,8 +1,13 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from genrec.config import load_config
+
+# Test models are tiny: one thread is faster than two contending ones, and timings stay stable
+# when the machine is shared.
+torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

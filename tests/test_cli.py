@@ -6,8 +6,13 @@ import sys
 
 
 def genrec(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "genrec", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "genrec", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_prepare_with_preset_and_overrides(tmp_path):
@@ -29,8 +34,13 @@ def test_unknown_key_is_a_clear_error(tmp_path):
 
 def test_bad_data_is_a_clear_error(tmp_path):
     (tmp_path / "s.txt").write_text("1 2 3\n2 x\n")
-    done = genrec("prepare", "data.format=sequences", "data.interactions=s.txt",
-                  "data.id_type=int", cwd=tmp_path)
+    done = genrec(
+        "prepare",
+        "data.format=sequences",
+        "data.interactions=s.txt",
+        "data.id_type=int",
+        cwd=tmp_path,
+    )
     assert done.returncode == 2
     assert "s.txt: line 2: non-numeric id 'x'" in done.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("manifest.json"))

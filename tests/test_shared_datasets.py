@@ -28,9 +28,14 @@ def test_office_lcrec(make_config):
 def test_beauty_sequences_with_titles(make_config):
     seqs = shared_dataset("amazon14_beauty", "s3rec_Beauty.txt")
     table = shared_dataset("amazon14_beauty", "beauty_items_with_titles.tsv")
-    data, m = prepared(make_config, "data.format=sequences", f"data.interactions={seqs}",
-                       f"data.items={table}", "data.item_id_column=s3rec_item_id",
-                       "data.text_columns=[title,categories]")
+    data, m = prepared(
+        make_config,
+        "data.format=sequences",
+        f"data.interactions={seqs}",
+        f"data.items={table}",
+        "data.item_id_column=s3rec_item_id",
+        "data.text_columns=[title,categories]",
+    )
     assert (m["num_users"], m["num_items"], m["num_interactions"]) == (22363, 12101, 198502)
     assert m["items_with_text"] == 12101
     items = pq.read_table(data / "items.parquet").to_pydict()
@@ -69,7 +74,12 @@ def test_other_lcrec_datasets(make_config, folder, file, counts):
 def test_sports_sequences_with_keyword_table(make_config):
     seqs = shared_dataset("amazon14_sports", "s3rec_Sports_and_Outdoors.txt")
     table = shared_dataset("amazon14_sports", "sports_items.tsv")
-    _, m = prepared(make_config, "data.format=sequences", f"data.interactions={seqs}",
-                    f"data.items={table}", "data.text_columns=[idgenrec_textual_id_NOT_title]")
+    _, m = prepared(
+        make_config,
+        "data.format=sequences",
+        f"data.interactions={seqs}",
+        f"data.items={table}",
+        "data.text_columns=[idgenrec_textual_id_NOT_title]",
+    )
     assert (m["num_users"], m["num_items"], m["num_interactions"]) == (35598, 18357, 296337)
     assert m["items_with_text"] == 18357

@@ -20,9 +20,16 @@ def data_dir(tmp_path_factory):
     from genrec.config import load_config
 
     run = tmp_path_factory.mktemp("stream")
-    cfg = load_config([], [f"run_dir={run}", "data.synthetic.num_users=300",
-                           "data.synthetic.num_items=90", "data.users_per_shard=50",
-                           "data.max_history=4"])
+    cfg = load_config(
+        [],
+        [
+            f"run_dir={run}",
+            "data.synthetic.num_users=300",
+            "data.synthetic.num_items=90",
+            "data.users_per_shard=50",
+            "data.max_history=4",
+        ],
+    )
     return prepare(cfg)
 
 
@@ -44,8 +51,9 @@ def test_examples_are_every_prefix(data_dir):
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_ranks_partition_the_examples(data_dir, world_size):
     whole = Counter(all_examples(data_dir))
-    parts = [Counter(all_examples(data_dir, rank=r, world_size=world_size))
-             for r in range(world_size)]
+    parts = [
+        Counter(all_examples(data_dir, rank=r, world_size=world_size)) for r in range(world_size)
+    ]
     assert sum(parts, Counter()) == whole
     assert all(parts)
 
@@ -63,8 +71,9 @@ def test_dataloader_workers_split_shards(data_dir):
     for batch in loader:
         assert batch["history"].shape[1] <= 4
         lengths = (batch["history"] >= 0).sum(1)
-        for u, n, t in zip(batch["user"].tolist(), lengths.tolist(), batch["target"].tolist(),
-                           strict=True):
+        for u, n, t in zip(
+            batch["user"].tolist(), lengths.tolist(), batch["target"].tolist(), strict=True
+        ):
             seen[(u, n, t)] += 1
     assert seen == Counter(all_examples(data_dir, rank=1, world_size=2))
 
@@ -79,10 +88,12 @@ def test_epochs_reshuffle_deterministically(data_dir):
 
 
 def test_collate_left_pads():
-    batch = collate([
-        {"user": 1, "history": np.array([5, 6, 7]), "target": 8},
-        {"user": 2, "history": np.array([9]), "target": 3},
-    ])
+    batch = collate(
+        [
+            {"user": 1, "history": np.array([5, 6, 7]), "target": 8},
+            {"user": 2, "history": np.array([9]), "target": 3},
+        ]
+    )
     assert batch["history"].tolist() == [[5, 6, 7], [-1, -1, 9]]
     assert batch["target"].dtype == torch.long
 

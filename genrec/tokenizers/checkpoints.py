@@ -1,0 +1,74 @@
+"""Building tokenizers from config, and checkpoints that rebuild them exactly.
+
+A checkpoint holds the state dict and the spec (tokenizer config, input and CF dims, seed), so
+`load_tokenizer(path)` needs nothing else: what a Ray actor needs to tokenize item shards.
+"""
+
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from genrec.tokenizers.base import Tokenizer
+from genrec.tokenizers.config import TokenizerConfig, TokenizerName
+from genrec.tokenizers.letter import Letter
+from genrec.tokenizers.mq import MaskedVQ
+from genrec.tokenizers.rqkmeans import RQKMeans
+from genrec.tokenizers.rqvae import RQVAE
+
+
+def build_tokenizer(
+    cfg: TokenizerConfig, input_dim: int, seed: int, cf_dim: int | None = None
+) -> Tokenizer:
+    if cfg.name is TokenizerName.rqkmeans:
+        tok: Tokenizer = RQKMeans(
+            input_dim, cfg.num_levels, cfg.codebook_size, cfg.kmeans_iters, seed
+        )
+    elif cfg.name is TokenizerName.rqvae:
+        tok = RQVAE(input_dim, cfg, seed)
+    elif cfg.name is TokenizerName.letter:
+        tok = Letter(input_dim, cfg, seed, cf_dim=cf_dim or 1)
+    else:
+        tok = MaskedVQ(input_dim, cfg, seed)
+    tok.spec = {
+        "tokenizer": OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True),
+        "input_dim": input_dim,
+        "seed": seed,
+        "cf_dim": cf_dim,
+    }
+    return tok
+
+
+def save_tokenizer(tok: Tokenizer, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"spec": tok.spec, "state_dict": tok.state_dict()}, tmp)
+    tmp.replace(path)
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    blob: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    spec = blob["spec"]
+    cfg = OmegaConf.to_object(
+        OmegaConf.merge(OmegaConf.structured(TokenizerConfig), spec["tokenizer"])
+    )
+    tok = build_tokenizer(cfg, spec["input_dim"], spec["seed"], spec["cf_dim"])
+    tok.load_state_dict(blob["state_dict"])
+    return tok.eval()
+
+
+class EpochCheckpoints:
+    """Keeps a checkpoint for each of the last `keep` epochs (MTGRec: adjacent-epoch tokenizers)."""
+
+    def __init__(self, folder: Path, keep: int):
+        self.folder, self.keep = folder, keep
+        self.saved: deque[Path] = deque()
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def save(self, epoch: int, tok: Tokenizer) -> None:
+        path = self.folder / f"epoch-{epoch:05d}.pt"
+        save_tokenizer(tok, path)
+        self.saved.append(path)
+        while len(self.saved) > self.keep:
+            self.saved.popleft().unlink()

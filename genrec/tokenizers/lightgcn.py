@@ -1,0 +1,129 @@
+"""LightGCN (He et al. 2020): user and item embeddings smoothed over the interaction graph.
+
+Unlike SASRec it ignores order: its item vectors encode who-bought-with-whom, the collaborative
+signal some tokenizers (LETTER, TokenRec) align their codes with. Propagation has no weights or
+nonlinearities, only the symmetric-normalised adjacency, so the layer-0 embeddings are all it
+learns and the layer mean is what it exports.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from genrec.tokenizers.cf_training import CFData, EvalSet, split_batches, train_cf_model
+
+USER_EMBEDDINGS_FILE = "user_embeddings.npy"
+ITEM_EMBEDDINGS_FILE = "item_embeddings.npy"
+# A user who has nearly every item could make rejection sampling loop; such clashes are rare
+# enough that a few rounds leave virtually none, and a leftover one only adds a little noise.
+NEGATIVE_RESAMPLE_ROUNDS = 10
+
+
+def normalized_adjacency(
+    users: np.ndarray, items: np.ndarray, num_users: int, num_items: int
+) -> torch.Tensor:
+    """D^-1/2 A D^-1/2 of the bipartite graph (users first, then items) as a sparse tensor."""
+    size = num_users + num_items
+    rows = np.concatenate([users, items + num_users])
+    cols = np.concatenate([items + num_users, users])
+    degree = np.bincount(rows, minlength=size).astype(np.float32)
+    inv_sqrt = np.divide(1.0, np.sqrt(degree), out=np.zeros_like(degree), where=degree > 0)
+    indices = torch.from_numpy(np.stack([rows, cols]))
+    values = torch.from_numpy(inv_sqrt[rows] * inv_sqrt[cols])
+    return torch.sparse_coo_tensor(indices, values, (size, size)).coalesce()
+
+
+class LightGCN(nn.Module):
+    def __init__(self, num_users: int, num_items: int, dim: int, layers: int):
+        super().__init__()
+        self.layers = layers
+        self.users = nn.Embedding(num_users, dim)
+        self.items = nn.Embedding(num_items, dim)
+        nn.init.normal_(self.users.weight, std=0.1)
+        nn.init.normal_(self.items.weight, std=0.1)
+
+    def forward(self, graph: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(user, item) embeddings: the mean of layers 0..L of propagation over `graph`."""
+        x = torch.cat([self.users.weight, self.items.weight])
+        total = x
+        for _ in range(self.layers):
+            x = torch.sparse.mm(graph, x)
+            total = total + x
+        return (total / (self.layers + 1)).split(
+            [self.users.num_embeddings, len(self.items.weight)]
+        )
+
+
+class LightGCNTrainer:
+    """BPR over every distinct (user, training item) edge, one sampled unseen negative each."""
+
+    def __init__(self, data: CFData, cfg: DictConfig, rng: np.random.Generator):
+        self.cfg, self.rng, self.device = cfg, rng, torch.device(cfg.device)
+        self.num_items = data.num_items
+        users = np.repeat(np.arange(data.num_users), np.diff(data.train_offsets))
+        self.edges = np.unique(users * data.num_items + data.train_items)
+        self.users, self.positives = np.divmod(self.edges, data.num_items)
+        graph = normalized_adjacency(self.users, self.positives, data.num_users, data.num_items)
+        self.graph = graph.to(self.device)
+        self.model = LightGCN(data.num_users, data.num_items, cfg.dim, cfg.layers).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+
+    def _negatives(self, users: np.ndarray) -> np.ndarray:
+        """Uniform items, redrawn where the user has already interacted with them."""
+        negatives = self.rng.integers(0, self.num_items, users.size)
+        for _ in range(NEGATIVE_RESAMPLE_ROUNDS):
+            keys = users * self.num_items + negatives
+            found = np.minimum(np.searchsorted(self.edges, keys), self.edges.size - 1)
+            clash = self.edges[found] == keys
+            if not clash.any():
+                break
+            negatives[clash] = self.rng.integers(0, self.num_items, int(clash.sum()))
+        return negatives
+
+    def train_epoch(self) -> float:
+        order = self.rng.permutation(self.edges.size)
+        batches = split_batches(order, self.cfg.batch_size)
+        total = 0.0
+        for rows in batches:
+            users = self.users[rows]
+            batch = [
+                torch.from_numpy(ids).to(self.device)
+                for ids in (users, self.positives[rows], self._negatives(users))
+            ]
+            loss = self._loss(*batch)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            total += loss.item()
+        return total / len(batches)
+
+    def _loss(
+        self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
+    ) -> torch.Tensor:
+        """BPR plus L2 on the layer-0 embeddings the batch touches (as the paper does)."""
+        user_vectors, item_vectors = self.model(self.graph)
+        u = user_vectors[users]
+        preference = (u * item_vectors[positives]).sum(-1) - (u * item_vectors[negatives]).sum(-1)
+        ego = (self.model.users(users), self.model.items(positives), self.model.items(negatives))
+        l2 = sum(e.pow(2).sum() for e in ego) / (2 * users.numel())
+        return -F.logsigmoid(preference).mean() + self.cfg.weight_decay * l2
+
+    def scores(self, split: EvalSet, rows: np.ndarray) -> torch.Tensor:
+        user_vectors, item_vectors = self.model(self.graph)
+        users = torch.from_numpy(split.users[rows]).to(self.device)
+        return user_vectors[users] @ item_vectors.T
+
+    def export(self, out_dir: Path) -> None:
+        with torch.no_grad():
+            user_vectors, item_vectors = self.model(self.graph)
+        np.save(out_dir / USER_EMBEDDINGS_FILE, user_vectors.cpu().numpy().astype(np.float32))
+        np.save(out_dir / ITEM_EMBEDDINGS_FILE, item_vectors.cpu().numpy().astype(np.float32))
+
+
+def train_lightgcn(cfg: DictConfig, data_dir: Path, out_dir: Path) -> Path:
+    """Train LightGCN on `data_dir` (or reuse out_dir) and write user/item_embeddings.npy etc."""
+    return train_cf_model("lightgcn", cfg, data_dir, out_dir, LightGCNTrainer)

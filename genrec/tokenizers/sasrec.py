@@ -1,0 +1,194 @@
+"""SASRec (Kang & McAuley 2018): a causal self-attention next-item model.
+
+Its item embedding table (shared between input and output) is the collaborative signal that CF
+tokenizers quantize, and its scores are the sequential baseline a generative recommender must
+beat. Item ids are shifted by one so that 0 is padding; sequences are left-padded, so the last
+slot always holds the newest item and its position embedding encodes recency.
+"""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from genrec.data_pipeline.preprocess import ragged_gather
+from genrec.tokenizers.cf_training import (
+    MODEL_FILE,
+    CFData,
+    EvalSet,
+    split_batches,
+    train_cf_model,
+)
+from genrec.tokenizers.config import SASRecConfig, SASRecLoss
+
+EMBEDDINGS_FILE = "item_embeddings.npy"
+
+
+class CausalBlock(nn.Module):
+    """Pre-LN Transformer block: masked self-attention, then a position-wise feed-forward."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.attn_norm = nn.LayerNorm(hidden)
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.out = nn.Linear(hidden, hidden)
+        self.ffn_norm = nn.LayerNorm(hidden)
+        self.ffn = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, hidden)
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        batch, length, hidden = x.shape
+        qkv = self.qkv(self.attn_norm(x)).view(batch, length, 3, self.heads, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        p = self.dropout.p if self.training else 0.0
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        x = x + self.dropout(self.out(attended.transpose(1, 2).reshape(batch, length, hidden)))
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
+
+class SASRec(nn.Module):
+    def __init__(
+        self, num_items: int, hidden: int, layers: int, heads: int, dropout: float, max_len: int
+    ):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(
+                f"sasrec.hidden ({hidden}) must be divisible by sasrec.heads ({heads})"
+            )
+        self.items = nn.Embedding(num_items + 1, hidden, padding_idx=0)
+        self.positions = nn.Embedding(max_len, hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(CausalBlock(hidden, heads, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(hidden)
+        nn.init.normal_(self.items.weight, std=hidden**-0.5)
+        with torch.no_grad():
+            self.items.weight[0].zero_()
+
+    @property
+    def item_vectors(self) -> torch.Tensor:
+        """[num_items, hidden]: row i is contiguous item i (the padding row left out)."""
+        return self.items.weight[1:]
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        """Hidden states [B, L, hidden] of left-padded, shifted item ids [B, L]."""
+        length = seq.shape[1]
+        real = seq > 0
+        causal = torch.ones(length, length, dtype=torch.bool, device=seq.device).tril()
+        # padded slots attend to themselves only, so no attention row is empty
+        diagonal = torch.eye(length, dtype=torch.bool, device=seq.device)
+        mask = (causal & (real[:, None, :] | diagonal))[:, None]
+        x = self.items(seq) * math.sqrt(self.items.embedding_dim)
+        x = x + self.positions.weight[-length:]
+        x = self.dropout(x) * real[..., None]
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.norm(x)
+
+
+def trim_padding(seq: np.ndarray) -> np.ndarray:
+    """Drop the leading columns that are padding in every row; positions stay end-aligned."""
+    real_columns = (seq > 0).any(axis=0)
+    return seq[:, real_columns.argmax() if real_columns.any() else -1 :]
+
+
+def sasrec_scores(model: SASRec, histories: torch.Tensor) -> torch.Tensor:
+    """Scores [B, num_items] of every item as the next one after left-padded `histories`."""
+    return model(histories)[:, -1] @ model.item_vectors.T
+
+
+def pad_histories(offsets: np.ndarray, items: np.ndarray, width: int) -> np.ndarray:
+    """Left-padded [n, width] int64 rows of each CSR sequence's last `width` items, ids + 1."""
+    stops = offsets[1:]
+    starts = np.maximum(offsets[:-1], stops - width)
+    row_offsets, kept = ragged_gather(items, starts, stops)
+    lengths = np.diff(row_offsets)
+    padded = np.zeros((lengths.size, width), dtype=np.int64)
+    rows = np.repeat(np.arange(lengths.size), lengths)
+    cols = width - np.repeat(lengths, lengths) + np.arange(kept.size) - row_offsets[:-1][rows]
+    padded[rows, cols] = kept + 1
+    return padded
+
+
+def build_sasrec(num_items: int, cfg: DictConfig) -> SASRec:
+    return SASRec(num_items, cfg.hidden, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len)
+
+
+def load_sasrec(out_dir: Path, device: str = "cpu") -> SASRec:
+    """The best model a `train_sasrec` run saved, in eval mode."""
+    checkpoint = torch.load(Path(out_dir) / MODEL_FILE, map_location=device)
+    cfg = OmegaConf.merge(OmegaConf.structured(SASRecConfig), checkpoint["config"])
+    model = build_sasrec(checkpoint["num_items"], cfg)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.to(device).eval()
+
+
+class SASRecTrainer:
+    """Every position of a user's last max_len + 1 training items predicts its next item."""
+
+    def __init__(self, data: CFData, cfg: DictConfig, rng: np.random.Generator):
+        self.cfg, self.rng, self.device = cfg, rng, torch.device(cfg.device)
+        self.model = build_sasrec(data.num_items, cfg).to(self.device)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+        sequences = pad_histories(data.train_offsets, data.train_items, cfg.max_len + 1)
+        lengths = (sequences > 0).sum(axis=1)
+        self.sequences, self.lengths = sequences[lengths >= 2], lengths[lengths >= 2]
+        self.histories = {
+            split.name: pad_histories(split.offsets, split.history, cfg.max_len)
+            for split in (data.valid, data.test)
+        }
+
+    def train_epoch(self) -> float:
+        total = 0.0
+        batches = self._batches()
+        for rows in batches:
+            seq = torch.from_numpy(trim_padding(self.sequences[rows])).to(self.device)
+            inputs, targets = seq[:, :-1], seq[:, 1:]
+            real = inputs > 0
+            loss = self._loss(self.model(inputs)[real], targets[real] - 1)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            total += loss.item()
+        return total / len(batches)
+
+    def _batches(self) -> list[np.ndarray]:
+        """Users of similar length batched together (random within a length, random batch
+        order), so padding columns can be cut: most sequences are far shorter than max_len."""
+        order = np.lexsort((self.rng.random(self.lengths.size), self.lengths))
+        batches = split_batches(order, self.cfg.batch_size)
+        return [batches[i] for i in self.rng.permutation(len(batches))]
+
+    def _loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Softmax over all items, or the original's BCE against one random negative."""
+        items = self.model.item_vectors
+        if self.cfg.loss == SASRecLoss.ce:
+            return F.cross_entropy(hidden @ items.T, targets)
+        negatives = torch.randint(0, items.shape[0], targets.shape, device=self.device)
+        positive = (hidden * items[targets]).sum(-1)
+        negative = (hidden * items[negatives]).sum(-1)
+        return F.binary_cross_entropy_with_logits(
+            torch.cat([positive, negative]),
+            torch.cat([torch.ones_like(positive), torch.zeros_like(negative)]),
+        )
+
+    def scores(self, split: EvalSet, rows: np.ndarray) -> torch.Tensor:
+        histories = trim_padding(self.histories[split.name][rows])
+        return sasrec_scores(self.model, torch.from_numpy(histories).to(self.device))
+
+    def export(self, out_dir: Path) -> None:
+        vectors = self.model.item_vectors.detach().cpu().numpy().astype(np.float32)
+        np.save(out_dir / EMBEDDINGS_FILE, vectors)
+
+
+def train_sasrec(cfg: DictConfig, data_dir: Path, out_dir: Path) -> Path:
+    """Train SASRec on `data_dir` (or reuse out_dir) and write item_embeddings.npy etc."""
+    return train_cf_model("sasrec", cfg, data_dir, out_dir, SASRecTrainer)

@@ -1,0 +1,210 @@
+"""`genrec tokenize`: fit a tokenizer on item vectors and write the semantic-ID table.
+
+Outputs under the stage folder: `report.json`, and `items/` (for MQ also `users/`) holding
+`semantic_ids.parquet` (id, codes incl. the dedup code), `tokenizer.pt`,
+`checkpoints/epoch-*.pt` (the last `tokenizer.keep_epochs`) and TensorBoard curves in `tb/`.
+Reused when inputs and config are unchanged.
+"""
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from omegaconf import DictConfig
+from torch.utils.tensorboard import SummaryWriter
+
+from genrec.errors import ConfigError, DataError
+from genrec.provenance import (
+    atomic_dir,
+    code_version,
+    file_digest,
+    fingerprint,
+    to_plain,
+    write_json,
+)
+from genrec.tokenizers.base import Tokenizer
+from genrec.tokenizers.checkpoints import EpochCheckpoints, build_tokenizer, save_tokenizer
+from genrec.tokenizers.collisions import collision_rate, dedup_codes, sinkhorn_resolve
+from genrec.tokenizers.config import CollisionMode
+from genrec.tokenizers.report import code_report, usage_collapse_levels
+
+log = logging.getLogger(__name__)
+
+REPORT = "report.json"
+SEMANTIC_IDS = "semantic_ids.parquet"
+
+
+def load_vectors(path: Path, expected_rows: int | None = None) -> np.ndarray:
+    """Item (or user) vectors as float32 [N, D], checked for shape and finite values."""
+    try:
+        vectors = np.load(path)
+    except (OSError, ValueError) as err:
+        raise DataError(str(path), f"cannot read vectors: {err}") from err
+    if vectors.ndim != 2 or vectors.shape[0] == 0:
+        raise DataError(
+            str(path), f"expected a non-empty [items, dim] matrix, got shape {vectors.shape}"
+        )
+    if expected_rows is not None and vectors.shape[0] != expected_rows:
+        raise DataError(
+            str(path), f"has {vectors.shape[0]} rows but the dataset has {expected_rows} items"
+        )
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        raise DataError(
+            str(path), f"row {int(np.flatnonzero(bad)[0])} holds NaN or infinite values"
+        )
+    return vectors.astype(np.float32, copy=False)
+
+
+def _check_sizes(cfg: DictConfig, rows: int) -> None:
+    if cfg.tokenizer.codebook_size > rows:
+        raise ConfigError(
+            f"config key 'tokenizer.codebook_size' ({cfg.tokenizer.codebook_size}) is larger than "
+            f"the number of items to tokenize ({rows})"
+        )
+
+
+class _EpochLog:
+    """Per-epoch TensorBoard curves, code usage, checkpoints, and codes of the kept epochs."""
+
+    def __init__(self, out: Path, vectors: torch.Tensor, keep: int, codebook_size: int):
+        self.writer = SummaryWriter(str(out / "tb"))
+        self.checkpoints = EpochCheckpoints(out / "checkpoints", keep)
+        self.vectors, self.keep, self.codebook_size = vectors, keep, codebook_size
+        self.codes: list[np.ndarray] = []
+
+    def __call__(self, epoch: int, tok: Tokenizer, logs: dict[str, float]) -> None:
+        codes = tok.encode(self.vectors).numpy()
+        for name, value in logs.items():
+            self.writer.add_scalar(f"train/{name}", value, epoch)
+        for level in range(codes.shape[1]):
+            used = np.unique(codes[:, level]).size / self.codebook_size
+            self.writer.add_scalar(f"usage/level_{level}", used, epoch)
+        self.writer.add_scalar("collision_rate", collision_rate(codes), epoch)
+        self.checkpoints.save(epoch, tok)
+        self.codes = [*self.codes, codes][-self.keep :]
+
+    def adjacent_changes(self) -> list[float]:
+        """Share of items whose codes differ between each pair of adjacent kept epochs."""
+        return [
+            float((a != b).any(axis=1).mean())
+            for a, b in zip(self.codes, self.codes[1:], strict=False)
+        ]
+
+
+def _resolve(
+    tok: Tokenizer, codes: np.ndarray, vectors: torch.Tensor, cfg: DictConfig
+) -> np.ndarray:
+    """Unique IDs: TIGER's extra dedup code, or LETTER's Sinkhorn re-assignment (+ a zero code)."""
+    if cfg.tokenizer.collisions is CollisionMode.dedup:
+        return dedup_codes(codes)
+    try:
+        resolved = sinkhorn_resolve(
+            codes,
+            tok.last_level_distances(vectors).numpy(),
+            epsilon=cfg.tokenizer.sinkhorn_epsilon,
+            iters=cfg.tokenizer.sinkhorn_iters,
+        )
+    except ValueError as err:
+        raise ConfigError(f"config key 'tokenizer.collisions': {err}") from err
+    return np.concatenate([resolved, np.zeros((len(resolved), 1), dtype=resolved.dtype)], axis=1)
+
+
+def _id_table(ids: np.ndarray, id_column: str) -> pa.Table:
+    flat = pa.array(ids.astype(np.int32).ravel())
+    offsets = pa.array(np.arange(0, ids.size + 1, ids.shape[1], dtype=np.int32))
+    return pa.table(
+        {
+            id_column: pa.array(np.arange(len(ids), dtype=np.int32)),
+            "codes": pa.ListArray.from_arrays(offsets, flat),
+        }
+    )
+
+
+def fit_and_tokenize(
+    cfg: DictConfig, vectors: np.ndarray, cf: np.ndarray | None, out: Path, id_column: str
+) -> dict[str, Any]:
+    """Fit one tokenizer in the new folder `out` and write its ID table; returns its report."""
+    out.mkdir()
+    _check_sizes(cfg, len(vectors))
+    x = torch.from_numpy(vectors)
+    cf_tensor = None if cf is None else torch.from_numpy(cf)
+    tok = build_tokenizer(cfg.tokenizer, x.shape[1], cfg.seed, None if cf is None else cf.shape[1])
+    epochs = _EpochLog(out, x, cfg.tokenizer.keep_epochs, cfg.tokenizer.codebook_size)
+    tok.fit(x, cf_tensor, epochs)
+    epochs.writer.close()
+    save_tokenizer(tok, out / "tokenizer.pt")
+    codes = tok.encode(x).numpy()
+    ids = _resolve(tok, codes, x, cfg)
+    pq.write_table(_id_table(ids, id_column), out / SEMANTIC_IDS)
+    report = code_report(codes, cfg.tokenizer.codebook_size)
+    collapsed = usage_collapse_levels(report, cfg.tokenizer.collapse_warning_usage)
+    if collapsed:
+        log.warning(
+            "tokenizer: code usage collapsed on level(s) %s (below %.0f%% of the codebook)",
+            collapsed,
+            100 * cfg.tokenizer.collapse_warning_usage,
+        )
+    report.update(
+        {
+            "collision_rate_before": collision_rate(codes),
+            "collision_rate_after": collision_rate(ids),
+            "reconstruction_error": tok.reconstruction_error(x),
+            "adjacent_epoch_changes": epochs.adjacent_changes(),
+            "collapsed_levels": collapsed,
+            "num": len(ids),
+        }
+    )
+    return report
+
+
+def tokenize(
+    cfg: DictConfig, data_fingerprint: str, inputs: dict[str, Path], out_dir: Path
+) -> Path:
+    """Tokenize items (and, for MQ, users) from the vector files in `inputs`.
+
+    `inputs` maps "items" (required), "cf" (LETTER) and "users" (MQ) to .npy files.
+    """
+    key = fingerprint(
+        data_fingerprint,
+        to_plain(cfg.tokenizer),
+        cfg.seed,
+        {name: file_digest(path) for name, path in sorted(inputs.items())},
+    )
+    try:
+        if json.loads((out_dir / REPORT).read_text())["fingerprint"] == key:
+            log.info("tokenize: reusing %s (fingerprint %s)", out_dir, key)
+            return out_dir
+    except (OSError, ValueError, KeyError):
+        pass
+    vectors = load_vectors(inputs["items"])
+    cf = load_vectors(inputs["cf"], len(vectors)) if "cf" in inputs else None
+    with atomic_dir(out_dir) as scratch:
+        report = {"items": fit_and_tokenize(cfg, vectors, cf, scratch / "items", "item")}
+        if "users" in inputs:
+            users = load_vectors(inputs["users"])
+            report["users"] = fit_and_tokenize(cfg, users, None, scratch / "users", "user")
+        report.update(
+            {
+                "fingerprint": key,
+                "inputs": {k: str(v) for k, v in inputs.items()},
+                "config": to_plain(cfg),
+                "code": code_version(),
+            }
+        )
+        write_json(scratch / REPORT, report)
+    log.info(
+        "tokenize: %s",
+        json.dumps(
+            {
+                k: report["items"][k]
+                for k in ("collision_rate_before", "collision_rate_after", "reconstruction_error")
+            }
+        ),
+    )
+    return out_dir

@@ -1,0 +1,97 @@
+"""The training loop shared by the learned (VQ autoencoder) tokenizers."""
+
+import itertools
+from abc import abstractmethod
+from collections import defaultdict
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from genrec.tokenizers.base import EpochCallback, Tokenizer
+from genrec.tokenizers.config import TokenizerConfig
+from genrec.tokenizers.quantizer import Codebook
+
+
+def mlp(dims: list[int], dropout: float) -> nn.Sequential:
+    """Linear layers with ReLU (and dropout) between them, none after the last."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(dims)):
+        layers.append(nn.Linear(a, b))
+        if i < len(dims) - 2:
+            layers += [nn.ReLU(), nn.Dropout(dropout)]
+    return nn.Sequential(*layers)
+
+
+def code_usage(codes: torch.Tensor, codebook_size: int) -> list[float]:
+    """Share of each level's codebook that some item uses."""
+    return [codes[:, level].unique().numel() / codebook_size for level in range(codes.shape[1])]
+
+
+class VQAutoencoder(Tokenizer):
+    """A tokenizer trained by gradient: subclasses give the losses of a batch."""
+
+    def __init__(self, cfg: TokenizerConfig, seed: int):
+        super().__init__()
+        self.cfg, self.seed = cfg, seed
+        self.num_levels, self.codebook_size = cfg.num_levels, cfg.codebook_size
+
+    @abstractmethod
+    def batch_losses(self, x: torch.Tensor, cf: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Named loss terms of one batch; "loss" is the total that is minimised."""
+
+    @abstractmethod
+    def init_codebooks(self, vectors: torch.Tensor) -> None:
+        """K-means initialisation from the untrained encoder's outputs."""
+
+    @abstractmethod
+    def restart_dead_codes(self, vectors: torch.Tensor, generator: torch.Generator) -> list[int]:
+        """Re-seat unused codewords; returns how many per level."""
+
+    def param_groups(self) -> list[dict]:
+        """Weight decay for the networks only: decaying codewords drags them toward the origin."""
+        codebooks = {
+            id(p) for m in self.modules() if isinstance(m, Codebook) for p in m.parameters()
+        }
+        return [
+            {
+                "params": [p for p in self.parameters() if id(p) not in codebooks],
+                "weight_decay": self.cfg.weight_decay,
+            },
+            {"params": [p for p in self.parameters() if id(p) in codebooks], "weight_decay": 0.0},
+        ]
+
+    def start_epoch(self, vectors: torch.Tensor) -> None:
+        """Per-epoch refresh (LETTER re-clusters its codebooks here)."""
+
+    def fit(
+        self,
+        vectors: torch.Tensor,
+        cf: torch.Tensor | None = None,
+        on_epoch: EpochCallback | None = None,
+    ) -> None:
+        cfg = self.cfg
+        torch.manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.seed)
+        if cfg.kmeans_init:
+            self.eval()
+            self.init_codebooks(vectors)
+        optimizer = torch.optim.AdamW(self.param_groups(), lr=cfg.lr)
+        for epoch in tqdm(range(cfg.epochs), desc=type(self).__name__, unit="epoch"):
+            self.train()
+            self.start_epoch(vectors)
+            totals: dict[str, float] = defaultdict(float)
+            batches = torch.randperm(len(vectors), generator=generator).split(cfg.batch_size)
+            for batch in batches:
+                losses = self.batch_losses(vectors[batch], None if cf is None else cf[batch])
+                optimizer.zero_grad(set_to_none=True)
+                losses["loss"].backward()
+                optimizer.step()
+                for name, value in losses.items():
+                    totals[name] += float(value.detach()) / len(batches)
+            self.eval()
+            if cfg.dead_code_restart and epoch < cfg.epochs - 1:
+                restarted = self.restart_dead_codes(vectors, generator)
+                totals["dead_codes_restarted"] = float(sum(restarted))
+            if on_epoch is not None:
+                on_epoch(epoch, self, dict(totals))
