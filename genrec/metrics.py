@@ -7,9 +7,18 @@ KS = (1, 5, 10, 20)
 
 
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """0-based rank of each target among all items (items scoring strictly higher come first)."""
+    """0-based rank of each target among all items (items scoring strictly higher come first).
+
+    NaN scores count as the lowest, so a diverged model cannot look perfect.
+    """
+    scores = torch.nan_to_num(scores, nan=float("-inf"))
     target_scores = scores.gather(1, targets[:, None])
-    return (scores > target_scores).sum(dim=1)
+    ranks = (scores > target_scores).sum(dim=1)
+    return torch.where(
+        torch.isinf(target_scores[:, 0]) & (target_scores[:, 0] < 0),
+        torch.full_like(ranks, scores.shape[1]),
+        ranks,
+    )
 
 
 def ranks_in_lists(ranked: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from genrec.data_pipeline.prepare import load_manifest
 from genrec.data_pipeline.preprocess import ragged_gather
-from genrec.errors import DataError
+from genrec.errors import ConfigError, DataError
 from genrec.metrics import ranking_metrics, target_ranks
 from genrec.provenance import atomic_dir, code_version, fingerprint, to_plain, write_json
 
@@ -49,14 +49,12 @@ class EvalSet:
     history: np.ndarray
     targets: np.ndarray
 
-    def __len__(self) -> int:
-        return self.targets.size
-
 
 @dataclass
 class CFData:
     """A prepared dataset as the CF models see it: training sequences (CSR) and eval splits."""
 
+    data_dir: Path
     manifest: dict[str, Any]
     train_offsets: np.ndarray
     train_items: np.ndarray
@@ -84,12 +82,15 @@ def _csr(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _eval_set(data_dir: Path, name: str) -> EvalSet:
+    """A split with its examples ordered by history length: metrics are means, so order is
+    free, and batches of similar lengths let sequence models cut most of the padding."""
     table = pq.read_table(data_dir / f"{name}.parquet")
     offsets, history = _csr(table.column("history"))
-    users = table.column("user").to_numpy().astype(np.int64)
-    return EvalSet(
-        name, users, offsets, history, table.column("target").to_numpy().astype(np.int64)
-    )
+    order = np.argsort(np.diff(offsets), kind="stable")
+    offsets, history = ragged_gather(history, offsets[:-1][order], offsets[1:][order])
+    users = table.column("user").to_numpy().astype(np.int64)[order]
+    targets = table.column("target").to_numpy().astype(np.int64)[order]
+    return EvalSet(name, users, offsets, history, targets)
 
 
 def load_cf_data(data_dir: Path) -> CFData:
@@ -103,6 +104,7 @@ def load_cf_data(data_dir: Path) -> CFData:
     offsets, items = _csr(table.column("items"))
     train_offsets, train_items = ragged_gather(items, offsets[:-1], offsets[1:] - 2)
     return CFData(
+        data_dir,
         manifest,
         train_offsets,
         train_items,
@@ -175,24 +177,25 @@ def fit(
     best = FitResult(0, 0, {SELECT_METRIC: -1.0})
     best_state: dict[str, torch.Tensor] = {}
     stale = 0
-    bar = tqdm(range(1, schedule.epochs + 1), desc=type(trainer.model).__name__, unit="epoch")
-    for epoch in bar:
-        trainer.model.train()
-        loss = trainer.train_epoch()
-        writer.add_scalar("train/loss", loss, epoch)
-        bar.set_postfix(loss=f"{loss:.4f}", best_ndcg10=f"{best.valid[SELECT_METRIC]:.4f}")
-        if epoch % schedule.eval_every and epoch != schedule.epochs:
-            continue
-        metrics = evaluate(trainer, valid)
-        for key in ("recall@10", SELECT_METRIC):
-            writer.add_scalar(f"valid/{key}", metrics[key], epoch)
-        if metrics[SELECT_METRIC] > best.valid[SELECT_METRIC]:
-            best, stale = FitResult(epoch, epoch, metrics), 0
-            best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-        else:
-            stale += 1
-            if stale >= schedule.patience:
-                break
+    name = type(trainer.model).__name__
+    with tqdm(range(1, schedule.epochs + 1), desc=name, unit="epoch") as bar:
+        for epoch in bar:
+            trainer.model.train()
+            loss = trainer.train_epoch()
+            writer.add_scalar("train/loss", loss, epoch)
+            bar.set_postfix(loss=f"{loss:.4f}", best_ndcg10=f"{best.valid[SELECT_METRIC]:.4f}")
+            if epoch % schedule.eval_every and epoch != schedule.epochs:
+                continue
+            metrics = evaluate(trainer, valid)
+            for key in ("recall@10", SELECT_METRIC):
+                writer.add_scalar(f"valid/{key}", metrics[key], epoch)
+            if metrics[SELECT_METRIC] > best.valid[SELECT_METRIC]:
+                best, stale = FitResult(epoch, epoch, metrics), 0
+                best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+            else:
+                stale += 1
+                if stale >= schedule.patience:
+                    break
     trainer.model.load_state_dict(best_state)
     best.epochs = epoch
     return best
@@ -224,6 +227,9 @@ def train_cf_model(
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     model_cfg = cfg[name]
+    for key in ("epochs", "eval_every", "patience", "batch_size"):
+        if model_cfg[key] < 1:
+            raise ConfigError(f"config key '{name}.{key}' must be >= 1, got {model_cfg[key]}")
     data = load_cf_data(data_dir)
     key = run_fingerprint(data, model_cfg, cfg.seed)
     if _is_cached(out_dir, key):

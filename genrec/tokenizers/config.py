@@ -81,32 +81,39 @@ class SASRecLoss(Enum):
 
 @dataclass
 class SASRecConfig:
-    """SASRec; `patience` counts validations (every `eval_every` epochs), not epochs."""
+    """SASRec; `patience` counts validations (every `eval_every` epochs), not epochs.
+
+    Softmax CE is the default: on Beauty it reached validation NDCG@10 0.0395 in 12 epochs
+    where BCE had 0.021 after 30 (same time), and on the synthetic data 0.50 against 0.33.
+    """
 
     hidden: int = 64
     layers: int = 2
     heads: int = 1
-    dropout: float = 0.2
+    dropout: float = 0.3
     max_len: int = 50
     loss: SASRecLoss = SASRecLoss.ce
     epochs: int = 200
-    batch_size: int = 256
-    lr: float = 1e-3
+    batch_size: int = 128
+    lr: float = 2e-3
     weight_decay: float = 0.0
-    patience: int = 5
-    eval_every: int = 5
+    patience: int = 3
+    eval_every: int = 2
     device: str = "cpu"
 
 
 @dataclass
 class LightGCNConfig:
-    """LightGCN; `weight_decay` is the BPR L2 weight on the batch's layer-0 embeddings."""
+    """LightGCN; `weight_decay` is the BPR L2 weight on the batch's layer-0 embeddings.
+
+    lr 5e-3 reaches the validation NDCG@10 of the paper's 1e-3 in a fifth of the epochs.
+    """
 
     dim: int = 64
     layers: int = 3
-    epochs: int = 100
-    batch_size: int = 4096
-    lr: float = 1e-3
+    epochs: int = 200
+    batch_size: int = 2048
+    lr: float = 5e-3
     weight_decay: float = 1e-4
     patience: int = 5
     eval_every: int = 5

@@ -1,7 +1,7 @@
 """LightGCN (He et al. 2020): user and item embeddings smoothed over the interaction graph.
 
 Unlike SASRec it ignores order: its item vectors encode who-bought-with-whom, the collaborative
-signal some tokenizers (LETTER, TokenRec) align their codes with. Propagation has no weights or
+signal that TokenRec's masked quantizer tokenizes. Propagation has no weights or
 nonlinearities, only the symmetric-normalised adjacency, so the layer-0 embeddings are all it
 learns and the layer mean is what it exports.
 """
@@ -34,7 +34,7 @@ def normalized_adjacency(
     inv_sqrt = np.divide(1.0, np.sqrt(degree), out=np.zeros_like(degree), where=degree > 0)
     indices = torch.from_numpy(np.stack([rows, cols]))
     values = torch.from_numpy(inv_sqrt[rows] * inv_sqrt[cols])
-    return torch.sparse_coo_tensor(indices, values, (size, size)).coalesce()
+    return torch.sparse_coo_tensor(indices, values, (size, size), check_invariants=True).coalesce()
 
 
 class LightGCN(nn.Module):
@@ -54,7 +54,7 @@ class LightGCN(nn.Module):
             x = torch.sparse.mm(graph, x)
             total = total + x
         return (total / (self.layers + 1)).split(
-            [self.users.num_embeddings, len(self.items.weight)]
+            [self.users.num_embeddings, self.items.num_embeddings]
         )
 
 

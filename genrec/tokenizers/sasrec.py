@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from genrec.data_pipeline.preprocess import ragged_gather
+from genrec.errors import ConfigError, DataError
 from genrec.tokenizers.cf_training import (
     MODEL_FILE,
     CFData,
@@ -59,7 +60,7 @@ class SASRec(nn.Module):
     ):
         super().__init__()
         if hidden % heads:
-            raise ValueError(
+            raise ConfigError(
                 f"sasrec.hidden ({hidden}) must be divisible by sasrec.heads ({heads})"
             )
         self.items = nn.Embedding(num_items + 1, hidden, padding_idx=0)
@@ -92,14 +93,19 @@ class SASRec(nn.Module):
         return self.norm(x)
 
 
-def trim_padding(seq: np.ndarray) -> np.ndarray:
+def trim_padding(seq: torch.Tensor) -> torch.Tensor:
     """Drop the leading columns that are padding in every row; positions stay end-aligned."""
-    real_columns = (seq > 0).any(axis=0)
-    return seq[:, real_columns.argmax() if real_columns.any() else -1 :]
+    real_columns = (seq > 0).any(dim=0)
+    first = int(real_columns.int().argmax()) if bool(real_columns.any()) else seq.shape[1] - 1
+    return seq[:, first:]
 
 
 def sasrec_scores(model: SASRec, histories: torch.Tensor) -> torch.Tensor:
-    """Scores [B, num_items] of every item as the next one after left-padded `histories`."""
+    """Scores [B, num_items] of every item as the next one after left-padded `histories`.
+
+    Histories are shifted ids (0 = padding); only the last `max_len` columns are read.
+    """
+    histories = trim_padding(histories[:, -model.positions.num_embeddings :])
     return model(histories)[:, -1] @ model.item_vectors.T
 
 
@@ -140,6 +146,11 @@ class SASRecTrainer:
         )
         sequences = pad_histories(data.train_offsets, data.train_items, cfg.max_len + 1)
         lengths = (sequences > 0).sum(axis=1)
+        if not (lengths >= 2).any():
+            raise DataError(
+                str(data.data_dir / "sequences.parquet"),
+                "no user has two training items: SASRec has no next item to learn",
+            )
         self.sequences, self.lengths = sequences[lengths >= 2], lengths[lengths >= 2]
         self.histories = {
             split.name: pad_histories(split.offsets, split.history, cfg.max_len)
@@ -150,7 +161,7 @@ class SASRecTrainer:
         total = 0.0
         batches = self._batches()
         for rows in batches:
-            seq = torch.from_numpy(trim_padding(self.sequences[rows])).to(self.device)
+            seq = trim_padding(torch.from_numpy(self.sequences[rows]).to(self.device))
             inputs, targets = seq[:, :-1], seq[:, 1:]
             real = inputs > 0
             loss = self._loss(self.model(inputs)[real], targets[real] - 1)
@@ -181,8 +192,8 @@ class SASRecTrainer:
         )
 
     def scores(self, split: EvalSet, rows: np.ndarray) -> torch.Tensor:
-        histories = trim_padding(self.histories[split.name][rows])
-        return sasrec_scores(self.model, torch.from_numpy(histories).to(self.device))
+        histories = torch.from_numpy(self.histories[split.name][rows]).to(self.device)
+        return sasrec_scores(self.model, histories)
 
     def export(self, out_dir: Path) -> None:
         vectors = self.model.item_vectors.detach().cpu().numpy().astype(np.float32)

@@ -8,6 +8,7 @@ Reused when inputs and config are unchanged.
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -136,10 +137,14 @@ def fit_and_tokenize(
     cf_tensor = None if cf is None else torch.from_numpy(cf)
     tok = build_tokenizer(cfg.tokenizer, x.shape[1], cfg.seed, None if cf is None else cf.shape[1])
     epochs = _EpochLog(out, x, cfg.tokenizer.keep_epochs, cfg.tokenizer.codebook_size)
+    started = time.perf_counter()
     tok.fit(x, cf_tensor, epochs)
+    fit_seconds = time.perf_counter() - started
     epochs.writer.close()
     save_tokenizer(tok, out / "tokenizer.pt")
+    started = time.perf_counter()
     codes = tok.encode(x).numpy()
+    encode_seconds = time.perf_counter() - started
     ids = _resolve(tok, codes, x, cfg)
     pq.write_table(_id_table(ids, id_column), out / SEMANTIC_IDS)
     report = code_report(codes, cfg.tokenizer.codebook_size)
@@ -158,6 +163,8 @@ def fit_and_tokenize(
             "adjacent_epoch_changes": epochs.adjacent_changes(),
             "collapsed_levels": collapsed,
             "num": len(ids),
+            "fit_seconds": round(fit_seconds, 3),
+            "encode_per_second": round(len(ids) / max(encode_seconds, 1e-9), 1),
         }
     )
     return report

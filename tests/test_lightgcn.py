@@ -1,0 +1,75 @@
+"""LightGCN trained for real on the synthetic data, and its graph normalisation."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genrec.config import load_config
+from genrec.data_pipeline.prepare import prepare
+from genrec.tokenizers import lightgcn
+from genrec.tokenizers.lightgcn import (
+    ITEM_EMBEDDINGS_FILE,
+    USER_EMBEDDINGS_FILE,
+    normalized_adjacency,
+    train_lightgcn,
+)
+
+
+def _config(run_dir: Path, *overrides: str):
+    return load_config(
+        [],
+        [
+            f"run_dir={run_dir}",
+            "data.synthetic.num_users=1500",
+            "lightgcn.lr=1e-2",
+            "lightgcn.batch_size=1024",
+            "lightgcn.epochs=30",
+            "lightgcn.eval_every=3",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    run_dir = tmp_path_factory.mktemp("lightgcn")
+    cfg = _config(run_dir)
+    data_dir = prepare(cfg)
+    return data_dir, train_lightgcn(cfg, data_dir, run_dir / "lightgcn")
+
+
+def test_normalized_adjacency_is_symmetric_degree_normalised():
+    # user 0 has items 0 and 1, user 1 has item 1: degrees users (2, 1), items (1, 2)
+    graph = normalized_adjacency(np.array([0, 0, 1]), np.array([0, 1, 1]), 2, 2).to_dense()
+    expected = torch.zeros(4, 4)
+    for user, item, value in ((0, 0, 2**-0.5), (0, 1, 0.5), (1, 1, 2**-0.5)):
+        expected[user, 2 + item] = expected[2 + item, user] = value
+    torch.testing.assert_close(graph, expected)
+
+
+def test_beats_popularity(trained):
+    metrics = json.loads((trained[1] / "metrics.json").read_text())
+    # not sequential, so the margin is smaller than SASRec's; measured 0.234 against 0.126
+    recall = metrics["test"]["recall@10"]
+    popularity = metrics["popularity"]["test"]["recall@10"]
+    assert recall >= 1.4 * popularity and recall >= popularity + 0.05
+    assert metrics["valid"]["ndcg@10"] > metrics["popularity"]["valid"]["ndcg@10"]
+    assert 1 <= metrics["best_epoch"] <= metrics["epochs"] <= 30
+
+
+def test_outputs_and_reuse(trained, monkeypatch):
+    data_dir, out = trained
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    users, items = np.load(out / USER_EMBEDDINGS_FILE), np.load(out / ITEM_EMBEDDINGS_FILE)
+    assert users.shape == (manifest["num_users"], 64) and users.dtype == np.float32
+    assert items.shape == (manifest["num_items"], 64) and items.dtype == np.float32
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+
+    def no_training(*args):
+        raise AssertionError("retrained although nothing changed")
+
+    monkeypatch.setattr(lightgcn, "LightGCNTrainer", no_training)
+    assert train_lightgcn(_config(data_dir.parent), data_dir, out) == out
