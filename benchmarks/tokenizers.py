@@ -13,10 +13,14 @@ import json
 import sys
 from pathlib import Path
 
-from genrec import stages
-from genrec.config import load_config
-from genrec.data_pipeline.prepare import load_manifest
-from genrec.tokenizers.tokenize import tokenize
+# Run as a script, this file's folder heads sys.path and this file would shadow Hugging Face's
+# `tokenizers` package, which sentence-transformers imports.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from genrec import stages  # noqa: E402
+from genrec.config import load_config  # noqa: E402
+from genrec.data_pipeline.prepare import load_manifest  # noqa: E402
+from genrec.tokenizers.tokenize import tokenize  # noqa: E402
 
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "datasets" / "amazon14_beauty.yaml"
 PUBLISHED = {"SASRec (TIGER paper)": (0.0605, 0.0318), "SASRec (tuned)": (0.0740, 0.0423)}

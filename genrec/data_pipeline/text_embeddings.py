@@ -114,8 +114,8 @@ def load_text_model(name: str, device: str) -> Any:
         from sentence_transformers import SentenceTransformer
     except ImportError as err:
         raise ConfigError(
-            "config key 'features.text_model': sentence-transformers is not installed "
-            "(pip install 'genrec[text]')"
+            f"config key 'features.text_model': cannot import sentence-transformers ({err}); "
+            "install it with pip install 'genrec[text]'"
         ) from err
     _check_device(device)
     location = _model_location(name)
