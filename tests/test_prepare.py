@@ -94,7 +94,9 @@ def test_synthetic_manifest_is_consistent(make_config):
         assert hashlib.sha256((data / shard["path"]).read_bytes()).hexdigest() == shard["sha256"]
 
 
-def test_rerun_reuses_and_changed_input_rebuilds(tmp_path, make_config):
+@pytest.fixture
+def two_users(tmp_path):
+    """A two-user sequences file and the overrides that keep both users."""
     seqs = write_sequences(tmp_path / "s.txt", [[1, 1, 2, 3, 1], [2, 2, 3, 1, 2]])
     over = [
         "data.format=sequences",
@@ -102,6 +104,11 @@ def test_rerun_reuses_and_changed_input_rebuilds(tmp_path, make_config):
         "data.min_item_interactions=1",
         "data.min_user_interactions=3",
     ]
+    return seqs, over
+
+
+def test_rerun_reuses_and_changed_input_rebuilds(two_users, make_config):
+    seqs, over = two_users
     data = prepare(make_config(*over))
     stamp = (data / "manifest.json").stat().st_mtime_ns
     assert prepare(make_config(*over)) == data
@@ -111,14 +118,8 @@ def test_rerun_reuses_and_changed_input_rebuilds(tmp_path, make_config):
     assert load_manifest(prepare(make_config(*over, "data.max_history=2")))["max_history"] == 2
 
 
-def test_failed_run_keeps_previous_output(tmp_path, make_config):
-    seqs = write_sequences(tmp_path / "s.txt", [[1, 1, 2, 3, 1], [2, 2, 3, 1, 2]])
-    over = [
-        "data.format=sequences",
-        f"data.interactions={seqs}",
-        "data.min_item_interactions=1",
-        "data.min_user_interactions=3",
-    ]
+def test_failed_run_keeps_previous_output(two_users, make_config):
+    seqs, over = two_users
     data = prepare(make_config(*over))
     before = json.loads((data / "manifest.json").read_text())
     seqs.write_text("1 1 2 3\nbroken\n")
