@@ -1,0 +1,488 @@
+"""A T5-style encoder-decoder that reads semantic-ID histories and generates the next item's codes.
+
+Every item is `num_levels` codes in [0, codebook_size) plus one dedup code in [0, dedup_size).
+The encoder reads the concatenated codes of a user's history; the decoder emits the next item's
+num_levels + 1 codes, one step per code, each step scored only over that step's own code set.
+
+Shared vocabulary: PAD, BOS, the hashed user buckets, then one block of ids per code level
+(token id = offset[level] + code), so no two levels share an embedding.
+"""
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genrec.errors import ConfigError
+
+PAD = 0
+BOS = 1
+USER_OFFSET = 2
+FFN_KINDS = ("gated-gelu", "relu")
+
+
+@dataclass
+class ModelConfig:
+    num_levels: int = 3
+    codebook_size: int = 256
+    dedup_size: int = 64
+    d_model: int = 128
+    num_heads: int = 6
+    head_dim: int | None = 64
+    d_ff: int = 1024
+    encoder_layers: int = 4
+    decoder_layers: int = 4
+    dropout: float = 0.1
+    max_history_items: int = 50
+    num_user_buckets: int = 0
+    ffn: str = "gated-gelu"
+
+    def __post_init__(self) -> None:
+        for name in ("num_levels", "codebook_size", "dedup_size", "d_model", "num_heads", "d_ff"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("encoder_layers", "decoder_layers", "num_user_buckets"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"model.{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_history_items < 1:
+            raise ConfigError(f"model.max_history_items must be >= 1, got {self.max_history_items}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.ffn not in FFN_KINDS:
+            raise ConfigError(f"model.ffn must be one of {FFN_KINDS}, got {self.ffn!r}")
+        if self.head_dim is None and self.d_model % self.num_heads:
+            raise ConfigError(
+                f"model.d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
+                "set model.head_dim (T5's d_kv) explicitly"
+            )
+        if self.head_dim is not None and self.head_dim < 1:
+            raise ConfigError(f"model.head_dim must be at least 1, got {self.head_dim}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: object) -> "ModelConfig":
+        """A named size preset, with any field overridden."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config keys {unknown}")
+        return replace(cls(**PRESETS[name]), **overrides)
+
+    @property
+    def codes_per_item(self) -> int:
+        return self.num_levels + 1
+
+    @property
+    def inner_dim(self) -> int:
+        """Attention width; T5 decouples it from d_model (e.g. 6 heads x 64 on d_model 128)."""
+        head_dim = self.head_dim if self.head_dim is not None else self.d_model // self.num_heads
+        return self.num_heads * head_dim
+
+    @property
+    def max_codes(self) -> int:
+        return max(self.codebook_size, self.dedup_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.level_offsets()[-1] + self.dedup_size
+
+    def level_sizes(self) -> list[int]:
+        return [self.codebook_size] * self.num_levels + [self.dedup_size]
+
+    def level_offsets(self) -> list[int]:
+        start = USER_OFFSET + self.num_user_buckets
+        return [start + level * self.codebook_size for level in range(self.codes_per_item)]
+
+
+PRESETS: dict[str, dict] = {
+    "tiny": dict(
+        d_model=64, num_heads=4, head_dim=16, d_ff=256, encoder_layers=2, decoder_layers=2
+    ),
+    "small": dict(
+        d_model=128, num_heads=6, head_dim=64, d_ff=1024, encoder_layers=4, decoder_layers=4
+    ),
+    "base": dict(
+        d_model=768, num_heads=12, head_dim=64, d_ff=2048, encoder_layers=6, decoder_layers=6
+    ),
+    "large": dict(
+        d_model=1024, num_heads=16, head_dim=64, d_ff=2816, encoder_layers=12, decoder_layers=12
+    ),
+}
+
+
+def count_parameters(config: ModelConfig) -> int:
+    """The parameter count of GenerativeRecommender(config), without building it."""
+    d, inner = config.d_model, config.inner_dim
+    attention = 4 * d * inner
+    ffn = (3 if config.ffn == "gated-gelu" else 2) * d * config.d_ff
+    embeddings = d * (config.vocab_size + 2 * config.codes_per_item + config.max_history_items)
+    encoder = config.encoder_layers * (attention + ffn + 2 * d)
+    decoder = config.decoder_layers * (2 * attention + ffn + 3 * d)
+    head = config.codes_per_item * config.max_codes * d
+    return embeddings + encoder + decoder + 2 * d + head
+
+
+def flops_per_example(config: ModelConfig, history_items: int, training: bool = True) -> int:
+    """Matmul FLOPs for one example: 2 per weight per token it touches, plus attention scores.
+
+    Encoder weights see every history token, decoder weights the L+1 target steps, and the
+    cross-attention K/V projections the history tokens once. Training is 3x the forward.
+    """
+    d, inner = config.d_model, config.inner_dim
+    ffn = (3 if config.ffn == "gated-gelu" else 2) * d * config.d_ff
+    enc_tokens = history_items * config.codes_per_item + (1 if config.num_user_buckets else 0)
+    dec_tokens = config.codes_per_item
+    encoder = config.encoder_layers * (
+        2 * (4 * d * inner + ffn) * enc_tokens + 4 * enc_tokens * enc_tokens * inner
+    )
+    decoder = config.decoder_layers * (
+        2 * (6 * d * inner + ffn) * dec_tokens
+        + 2 * (2 * d * inner) * enc_tokens
+        + 4 * dec_tokens * dec_tokens * inner
+        + 4 * dec_tokens * enc_tokens * inner
+    )
+    head = 2 * config.max_codes * d * dec_tokens
+    forward = encoder + decoder + head
+    return 3 * forward if training else forward
+
+
+class Attention(nn.Module):
+    """Multi-head attention whose K/V projection is separate so callers can cache it."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.dropout = config.dropout
+        self.q = nn.Linear(config.d_model, config.inner_dim, bias=False)
+        self.k = nn.Linear(config.d_model, config.inner_dim, bias=False)
+        self.v = nn.Linear(config.d_model, config.inner_dim, bias=False)
+        self.o = nn.Linear(config.inner_dim, config.d_model, bias=False)
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.num_heads, -1).transpose(1, 2)
+
+    def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.split_heads(self.k(x)), self.split_heads(self.v(x))
+
+    def attend(
+        self, x: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None, causal: bool
+    ) -> Tensor:
+        """Queries from x against k/v; key_mask [B, S] is True where a key may be attended."""
+        mask = key_mask[:, None, None, :] if key_mask is not None else None
+        out = F.scaled_dot_product_attention(
+            self.split_heads(self.q(x)),
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=causal,
+        )
+        batch, _, length, _ = out.shape
+        return self.o(out.transpose(1, 2).reshape(batch, length, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        gated = config.ffn == "gated-gelu"
+        self.wi = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.gate = nn.Linear(config.d_model, config.d_ff, bias=False) if gated else None
+        self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.gate is not None:
+            hidden = F.gelu(self.gate(x), approximate="tanh") * self.wi(x)
+        else:
+            hidden = F.relu(self.wi(x))
+        return self.wo(self.dropout(hidden))
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(config.d_model, eps=1e-6)
+        self.attn = Attention(config)
+        self.ffn_norm = nn.RMSNorm(config.d_model, eps=1e-6)
+        self.ffn = FeedForward(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        h = self.attn_norm(x)
+        k, v = self.attn.project_kv(h)
+        x = x + self.dropout(self.attn.attend(h, k, v, mask, causal=False))
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.self_norm = nn.RMSNorm(config.d_model, eps=1e-6)
+        self.self_attn = Attention(config)
+        self.cross_norm = nn.RMSNorm(config.d_model, eps=1e-6)
+        self.cross_attn = Attention(config)
+        self.ffn_norm = nn.RMSNorm(config.d_model, eps=1e-6)
+        self.ffn = FeedForward(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        past: tuple[Tensor, Tensor],
+        cross: tuple[Tensor, Tensor],
+        memory_mask: Tensor,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Runs new positions x after the cached ones in past; returns x and the extended K/V.
+
+        Several new positions at once (teacher forcing) need a causal mask and an empty past;
+        a single new position attends to everything cached, which is causal by construction.
+        """
+        h = self.self_norm(x)
+        k, v = self.self_attn.project_kv(h)
+        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        x = x + self.dropout(self.self_attn.attend(h, k, v, None, causal=x.size(1) > 1))
+        h = self.cross_norm(x)
+        x = x + self.dropout(self.cross_attn.attend(h, *cross, memory_mask, causal=False))
+        return x + self.dropout(self.ffn(self.ffn_norm(x))), (k, v)
+
+
+@dataclass
+class DecoderCache:
+    """Per-layer cross-attention K/V (computed once) and the growing self-attention K/V."""
+
+    cross_k: list[Tensor]
+    cross_v: list[Tensor]
+    memory_mask: Tensor
+    self_k: list[Tensor]
+    self_v: list[Tensor]
+
+    @property
+    def length(self) -> int:
+        """How many decoder positions are cached, i.e. the step the next decode_step predicts."""
+        return self.self_k[0].size(2) if self.self_k else 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.memory_mask.size(0)
+
+    def reorder(self, index: Tensor) -> "DecoderCache":
+        """The cache for rows `index` of the batch, e.g. the surviving beams."""
+        pick = [t.index_select(0, index) for t in (*self.cross_k, *self.cross_v)]
+        layers = len(self.cross_k)
+        return DecoderCache(
+            cross_k=pick[:layers],
+            cross_v=pick[layers:],
+            memory_mask=self.memory_mask.index_select(0, index),
+            self_k=[t.index_select(0, index) for t in self.self_k],
+            self_v=[t.index_select(0, index) for t in self.self_v],
+        )
+
+    def repeat_interleave(self, repeats: int) -> "DecoderCache":
+        """Each row repeated `repeats` times in place, the layout beam search expands into."""
+        index = torch.arange(self.batch_size, device=self.memory_mask.device)
+        return self.reorder(index.repeat_interleave(repeats))
+
+
+def reorder(cache: DecoderCache, index: Tensor) -> DecoderCache:
+    """Beam-search helper: the cache rows selected by index."""
+    return cache.reorder(index)
+
+
+class GenerativeRecommender(nn.Module):
+    """Encoder over history codes, decoder over the next item's codes."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        d = config.d_model
+        self.embed = nn.Embedding(config.vocab_size, d)
+        self.enc_level = nn.Embedding(config.codes_per_item, d)
+        self.item_position = nn.Embedding(config.max_history_items, d)
+        self.dec_level = nn.Embedding(config.codes_per_item, d)
+        self.encoder = nn.ModuleList(EncoderBlock(config) for _ in range(config.encoder_layers))
+        self.decoder = nn.ModuleList(DecoderBlock(config) for _ in range(config.decoder_layers))
+        self.enc_norm = nn.RMSNorm(d, eps=1e-6)
+        self.dec_norm = nn.RMSNorm(d, eps=1e-6)
+        self.head = nn.Parameter(torch.empty(config.codes_per_item, config.max_codes, d))
+        self.dropout = nn.Dropout(config.dropout)
+        sizes = torch.tensor(config.level_sizes())
+        self.register_buffer("level_sizes", sizes, persistent=False)
+        self.register_buffer(
+            "level_offsets", torch.tensor(config.level_offsets()), persistent=False
+        )
+        valid = torch.arange(config.max_codes)[None, :] < sizes[:, None]
+        self.register_buffer("valid_codes", valid, persistent=False)
+        self.apply(self._init_weights)
+        nn.init.normal_(self.head, std=0.02)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_example(self, history_items: int, training: bool = True) -> int:
+        return flops_per_example(self.config, history_items, training)
+
+    def mfu(
+        self, samples_per_second: float, peak_flops: float, history_items: int | None = None
+    ) -> float:
+        """Model FLOPs utilisation of a training run; history length defaults to the maximum."""
+        items = self.config.max_history_items if history_items is None else history_items
+        return samples_per_second * self.flops_per_example(items) / peak_flops
+
+    def encode(self, history_codes: Tensor, user: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """History [B, H, L+1] (padding items all -1, any order of padding) -> memory, mask.
+
+        Items are oldest first; the item-position embedding counts back from the newest real
+        item, so how much padding surrounds a history does not change its encoding.
+        """
+        valid = self._check_history(history_codes)
+        batch, items, width = history_codes.shape
+        tokens = torch.where(valid[..., None], history_codes + self.level_offsets, PAD)
+        recency = (valid.flip(1).cumsum(1).flip(1) - 1).clamp(min=0)
+        x = self.embed(tokens) + self.enc_level.weight + self.item_position(recency)[:, :, None]
+        x = x.view(batch, items * width, -1)
+        mask = valid.repeat_interleave(width, dim=1)
+        if user is not None:
+            user_token = self._user_tokens(user, batch)
+            x = torch.cat([self.embed(user_token)[:, None], x], dim=1)
+            mask = torch.cat([mask.new_ones(batch, 1), mask], dim=1)
+        elif not valid.any(1).all():
+            raise ValueError("every history needs at least one item when no user is given")
+        x = self.dropout(x)
+        for block in self.encoder:
+            x = block(x, mask)
+        return self.enc_norm(x), mask
+
+    def init_cache(self, memory: Tensor, memory_mask: Tensor) -> DecoderCache:
+        """Projects the encoder memory to every layer's cross-attention K/V once."""
+        cross = [block.cross_attn.project_kv(memory) for block in self.decoder]
+        batch, heads = memory.size(0), self.config.num_heads
+        head_dim = self.config.inner_dim // heads
+        empty = memory.new_zeros(batch, heads, 0, head_dim)
+        return DecoderCache(
+            cross_k=[k for k, _ in cross],
+            cross_v=[v for _, v in cross],
+            memory_mask=memory_mask,
+            self_k=[empty] * len(self.decoder),
+            self_v=[empty] * len(self.decoder),
+        )
+
+    def decode_step(self, cache: DecoderCache, prev_codes: Tensor) -> Tensor:
+        """Logits [B, codes of step t] for the next code, given the t codes chosen so far.
+
+        Extends the cache by exactly one position in place; earlier positions are not rerun.
+        """
+        step = cache.length
+        if step >= self.config.codes_per_item:
+            raise ValueError(f"all {self.config.codes_per_item} codes are already decoded")
+        if prev_codes.dim() != 2 or prev_codes.shape != (cache.batch_size, step):
+            raise ValueError(
+                f"prev_codes must have shape [{cache.batch_size}, {step}] (the codes decoded "
+                f"so far), got {list(prev_codes.shape)}"
+            )
+        self._check_codes(prev_codes, "prev_codes")
+        if step == 0:
+            token = prev_codes.new_full((cache.batch_size, 1), BOS)
+        else:
+            token = prev_codes[:, -1:] + self.level_offsets[step - 1]
+        hidden = self._decode(cache, token)
+        return self.step_logits(hidden[:, 0], step)
+
+    def step_logits(self, hidden: Tensor, step: int) -> Tensor:
+        """Decoder states [..., d] at step `step` -> logits over that step's codes only."""
+        size = self.config.level_sizes()[step]
+        return hidden @ self.head[step, :size].T
+
+    def forward(
+        self, history_codes: Tensor, target_codes: Tensor, user: Tensor | None = None
+    ) -> Tensor:
+        """Teacher-forced logits [B, L+1, max(K, D)]; codes outside a step's set are -inf."""
+        memory, mask = self.encode(history_codes, user)
+        self._check_targets(target_codes, memory.size(0))
+        cache = self.init_cache(memory, mask)
+        bos = target_codes.new_full((target_codes.size(0), 1), BOS)
+        shifted = target_codes[:, :-1] + self.level_offsets[:-1]
+        hidden = self._decode(cache, torch.cat([bos, shifted], dim=1))
+        logits = torch.einsum("btd,tkd->btk", hidden, self.head)
+        return logits.masked_fill(~self.valid_codes, float("-inf"))
+
+    def loss(
+        self, history_codes: Tensor, target_codes: Tensor, user: Tensor | None = None
+    ) -> Tensor:
+        """Mean cross-entropy over all L+1 steps, each against its own code set."""
+        logits = self(history_codes, target_codes, user)
+        return F.cross_entropy(logits.flatten(0, 1), target_codes.flatten())
+
+    def _decode(self, cache: DecoderCache, tokens: Tensor) -> Tensor:
+        """Runs tokens [B, T] as decoder positions cache.length.., extending the cache."""
+        start = cache.length
+        levels = torch.arange(start, start + tokens.size(1), device=tokens.device)
+        x = self.dropout(self.embed(tokens) + self.dec_level(levels))
+        for i, block in enumerate(self.decoder):
+            past = (cache.self_k[i], cache.self_v[i])
+            cross = (cache.cross_k[i], cache.cross_v[i])
+            x, (cache.self_k[i], cache.self_v[i]) = block(x, past, cross, cache.memory_mask)
+        return self.dec_norm(x)
+
+    def _check_codes(self, codes: Tensor, name: str) -> None:
+        """Codes [..., n] with n <= L+1, each within its level's range."""
+        if codes.dtype != torch.long:
+            raise ValueError(f"{name} must be int64 (torch.long), got {codes.dtype}")
+        sizes = self.level_sizes[: codes.size(-1)]
+        bad = (codes < 0) | (codes >= sizes)
+        if bad.any():
+            where = bad.nonzero()[0].tolist()
+            level = where[-1]
+            raise ValueError(
+                f"{name}{where} = {codes[tuple(where)].item()} is outside level {level}'s "
+                f"code range [0, {sizes[level].item()})"
+            )
+
+    def _check_targets(self, target_codes: Tensor, batch: int) -> None:
+        width = self.config.codes_per_item
+        if target_codes.dim() != 2 or target_codes.shape != (batch, width):
+            raise ValueError(
+                f"target_codes must have shape [batch={batch}, L+1={width}], "
+                f"got {list(target_codes.shape)}"
+            )
+        self._check_codes(target_codes, "target_codes")
+
+    def _check_history(self, history_codes: Tensor) -> Tensor:
+        """Validates history codes and returns which items are real (not padding)."""
+        width = self.config.codes_per_item
+        if history_codes.dim() != 3 or history_codes.size(-1) != width:
+            raise ValueError(
+                f"history_codes must have shape [batch, items, L+1={width}], "
+                f"got {list(history_codes.shape)}"
+            )
+        valid = history_codes[..., 0] >= 0
+        if ((history_codes >= 0) != valid[..., None]).any():
+            raise ValueError("a padding item in history_codes must be -1 in every code position")
+        self._check_codes(history_codes.clamp(min=0), "history_codes")
+        longest = int(valid.sum(1).max()) if valid.numel() else 0
+        if longest > self.config.max_history_items:
+            raise ValueError(
+                f"a history has {longest} items but max_history_items is "
+                f"{self.config.max_history_items}; keep only the most recent items"
+            )
+        return valid
+
+    def _user_tokens(self, user: Tensor, batch: int) -> Tensor:
+        """Hashes user ids into the configured buckets (modulo), one token per user."""
+        if self.config.num_user_buckets == 0:
+            raise ValueError("a user was given but the model has num_user_buckets=0")
+        if user.dtype != torch.long or user.shape != (batch,):
+            raise ValueError(
+                f"user must be an int64 tensor of shape [{batch}], got "
+                f"{user.dtype} {list(user.shape)}"
+            )
+        if (user < 0).any():
+            raise ValueError("user ids must be non-negative")
+        return USER_OFFSET + user % self.config.num_user_buckets

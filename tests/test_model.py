@@ -1,0 +1,176 @@
+"""The encoder-decoder: cached decoding, padding, learning, sizes and input checks."""
+
+import pytest
+import torch
+
+from genrec.trainer.model import (
+    GenerativeRecommender,
+    ModelConfig,
+    count_parameters,
+    flops_per_example,
+    reorder,
+)
+
+LEVELS, K, D = 3, 16, 4
+
+
+def tiny_model(**overrides) -> GenerativeRecommender:
+    torch.manual_seed(0)
+    config = ModelConfig.preset(
+        "tiny",
+        num_levels=LEVELS,
+        codebook_size=K,
+        dedup_size=D,
+        dropout=0.0,
+        max_history_items=8,
+        **overrides,
+    )
+    return GenerativeRecommender(config).eval()
+
+
+def random_items(generator: torch.Generator, *shape: int) -> torch.Tensor:
+    levels = torch.randint(0, K, (*shape, LEVELS), generator=generator)
+    dedup = torch.randint(0, D, (*shape, 1), generator=generator)
+    return torch.cat([levels, dedup], dim=-1)
+
+
+def padded_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Histories of 5, 3 (left-padded) and 1 (right-padded) items, plus targets."""
+    generator = torch.Generator().manual_seed(1)
+    history = random_items(generator, 3, 5)
+    history[1, :2] = -1
+    history[2, 1:] = -1
+    return history, random_items(generator, 3)
+
+
+def cached_logits(model: GenerativeRecommender, history, target, user=None) -> list:
+    cache = model.init_cache(*model.encode(history, user))
+    steps = []
+    for step in range(LEVELS + 1):
+        steps.append(model.decode_step(cache, target[:, :step]))
+    return steps
+
+
+@pytest.mark.parametrize("buckets", [0, 10])
+def test_cached_decoding_matches_teacher_forcing(buckets):
+    model = tiny_model(num_user_buckets=buckets)
+    history, target = padded_batch()
+    user = torch.tensor([3, 14, 15]) if buckets else None
+    with torch.no_grad():
+        full = model(history, target, user)
+        steps = cached_logits(model, history, target, user)
+    for step, logits in enumerate(steps):
+        size = D if step == LEVELS else K
+        assert logits.shape == (3, size)
+        torch.testing.assert_close(logits, full[:, step, :size], atol=1e-5, rtol=0)
+    assert torch.isinf(full[:, LEVELS, D:]).all()
+
+
+def test_decode_step_extends_the_cache_by_one_position():
+    model = tiny_model()
+    history, target = padded_batch()
+    with torch.no_grad():
+        cache = model.init_cache(*model.encode(history))
+        model.decode_step(cache, target[:, :0])
+        cross = cache.cross_k[0]
+        model.decode_step(cache, target[:, :1])
+    assert cache.length == 2
+    assert cache.cross_k[0] is cross
+
+
+def test_reordered_cache_decodes_like_the_selected_rows():
+    model = tiny_model()
+    history, target = padded_batch()
+    with torch.no_grad():
+        cache = model.init_cache(*model.encode(history))
+        model.decode_step(cache, target[:, :0])
+        beams = cache.repeat_interleave(2)
+        picked = reorder(beams, torch.tensor([5, 0]))
+        logits = model.decode_step(picked, target[[2, 0], :1])
+        expected = model(history, target)[[2, 0], 1, :K]
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
+
+
+def test_extra_padding_items_change_nothing():
+    model = tiny_model()
+    history, target = padded_batch()
+    pad = torch.full((3, 2, LEVELS + 1), -1)
+    with torch.no_grad():
+        plain = model(history, target)
+        padded = model(torch.cat([pad, history, pad], dim=1), target)
+    torch.testing.assert_close(padded, plain, atol=1e-5, rtol=0)
+
+
+def test_tiny_model_overfits_a_tiny_dataset():
+    model = tiny_model().train()
+    generator = torch.Generator().manual_seed(2)
+    history = random_items(generator, 16, 4)
+    target = random_items(generator, 16)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    accuracy, steps = 0.0, 0
+    while accuracy < 1.0 and steps < 200:
+        steps += 1
+        loss = model.loss(history, target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            accuracy = (model(history, target).argmax(-1) == target).float().mean().item()
+    assert accuracy == 1.0, f"accuracy {accuracy:.3f} after {steps} steps, loss {loss.item():.3f}"
+
+
+def test_preset_parameter_counts():
+    small = ModelConfig.preset("small")
+    assert GenerativeRecommender(small).num_parameters() == count_parameters(small)
+    assert small.inner_dim == 6 * 64
+    assert 5_000_000 < count_parameters(small) < 7_000_000
+    assert 90_000_000 < count_parameters(ModelConfig.preset("base")) < 110_000_000
+    large = ModelConfig.preset("large")
+    with torch.device("meta"):
+        meta = GenerativeRecommender(large)
+    assert meta.num_parameters() == count_parameters(large) >= 300_000_000
+
+
+def test_flops_and_mfu():
+    model = tiny_model()
+    config = model.config
+    forward = flops_per_example(config, 5, training=False)
+    assert forward > 2 * 5 * (LEVELS + 1) * count_parameters(config) / 10
+    assert model.flops_per_example(5) == 3 * forward
+    assert model.mfu(100.0, 1e12, history_items=5) == pytest.approx(100 * 3 * forward / 1e12)
+
+
+@pytest.mark.parametrize(
+    ("history", "target", "message"),
+    [
+        (torch.zeros(2, 3, LEVELS), torch.zeros(2, LEVELS + 1), "history_codes must have shape"),
+        (torch.zeros(2, 3, LEVELS + 1), torch.zeros(2, LEVELS), "target_codes must have shape"),
+        (torch.full((2, 3, LEVELS + 1), K), torch.zeros(2, LEVELS + 1), "outside level 0"),
+        (torch.zeros(2, 3, LEVELS + 1), torch.full((2, LEVELS + 1), D), "outside level 3"),
+        (torch.zeros(2, 9, LEVELS + 1), torch.zeros(2, LEVELS + 1), "max_history_items"),
+        (torch.full((2, 3, LEVELS + 1), -1), torch.zeros(2, LEVELS + 1), "at least one item"),
+    ],
+)
+def test_bad_input_is_a_clear_error(history, target, message):
+    model = tiny_model()
+    with pytest.raises(ValueError, match=message):
+        model(history.long(), target.long())
+
+
+def test_partly_padded_item_and_float_codes_are_rejected():
+    model = tiny_model()
+    history = padded_batch()[0]
+    history[0, 0, 1] = -1
+    with pytest.raises(ValueError, match="padding item"):
+        model.encode(history)
+    with pytest.raises(ValueError, match="int64"):
+        model.encode(padded_batch()[0].float())
+    with pytest.raises(ValueError, match="num_user_buckets=0"):
+        model.encode(padded_batch()[0], torch.tensor([1, 2, 3]))
+
+
+def test_bad_config_is_a_clear_error():
+    with pytest.raises(ValueError, match="not divisible"):
+        ModelConfig(d_model=128, num_heads=6, head_dim=None)
+    with pytest.raises(ValueError, match="unknown model preset"):
+        ModelConfig.preset("huge")
