@@ -22,6 +22,7 @@ from genrec.data_pipeline.readers import read_raw_log
 from genrec.data_pipeline.readers.files import input_files
 from genrec.data_pipeline.shards import write_shards
 from genrec.data_pipeline.split import eval_split, list_array, num_prefix_examples, train_sequences
+from genrec.errors import DataError
 from genrec.provenance import (
     atomic_dir,
     code_version,
@@ -51,14 +52,20 @@ def dataset_fingerprint(cfg: DictConfig) -> tuple[str, list[dict[str, Any]]]:
 
 
 def load_manifest(data_dir: str | Path) -> dict[str, Any]:
-    with open(Path(data_dir) / MANIFEST) as f:
-        return json.load(f)
+    """The manifest of a prepared dataset; a missing or broken one is a DataError naming it."""
+    path = Path(data_dir) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except OSError as err:
+        raise DataError(str(path), f"cannot read it ({err}); run `genrec prepare` first") from err
+    except json.JSONDecodeError as err:
+        raise DataError(str(path), f"not valid JSON: {err}") from err
 
 
 def _reusable(data_dir: Path, digest: str) -> bool:
     try:
         manifest = load_manifest(data_dir)
-    except (OSError, ValueError):
+    except DataError:
         return False
     return manifest.get("fingerprint") == digest and all(
         (data_dir / shard["path"]).is_file() for shard in manifest["shards"]

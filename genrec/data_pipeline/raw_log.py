@@ -1,6 +1,6 @@
 """The one shape every reader returns, so preprocessing never knows which format it came from."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +20,6 @@ class RawLog:
     item_table: pa.Table | None
     sources: list[str]
     skipped_rows: int = 0
-    notes: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.users) != len(self.items):

@@ -23,14 +23,14 @@ if TYPE_CHECKING:
 Example = dict[str, Any]
 
 
-def shard_paths(data_dir: str | Path) -> list[Path]:
-    data_dir = Path(data_dir)
-    return [data_dir / shard["path"] for shard in load_manifest(data_dir)["shards"]]
-
-
-def _shard_checksums(data_dir: str | Path) -> dict[Path, str]:
+def shard_checksums(data_dir: str | Path) -> dict[Path, str]:
+    """Each shard's path and sha256, in manifest order."""
     data_dir = Path(data_dir)
     return {data_dir / s["path"]: s["sha256"] for s in load_manifest(data_dir)["shards"]}
+
+
+def shard_paths(data_dir: str | Path) -> list[Path]:
+    return list(shard_checksums(data_dir))
 
 
 def prefix_examples(user: int, seq: np.ndarray, max_history: int) -> Iterator[Example]:
@@ -75,7 +75,7 @@ class TrainExamples(IterableDataset):
         seed: int = 0,
         shuffle_buffer: int = 1024,
     ):
-        self.checksums = _shard_checksums(data_dir)
+        self.checksums = shard_checksums(data_dir)
         self.paths = list(self.checksums)
         self.max_history = max_history
         self.rank, self.world_size = rank, world_size

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import torch
 from omegaconf import DictConfig
 
+from genrec.data_pipeline.prepare import MANIFEST, load_manifest
 from genrec.errors import ConfigError, DataError
 from genrec.provenance import atomic_dir, code_version, fingerprint, to_plain, write_json
 
@@ -51,13 +52,9 @@ def item_texts(items: pa.Table, text_columns: list[str]) -> list[str]:
 
 
 def _read_manifest(data_dir: Path) -> dict[str, Any]:
-    path = data_dir / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except OSError as err:
-        raise DataError(str(path), f"cannot read it ({err}); run `genrec prepare` first") from err
-    except json.JSONDecodeError as err:
-        raise DataError(str(path), f"not valid JSON: {err}") from err
+    """The manifest, checked for the keys this stage relies on."""
+    path = data_dir / MANIFEST
+    manifest = load_manifest(data_dir)
     if not isinstance(manifest.get("fingerprint"), str):
         raise DataError(str(path), "key 'fingerprint' is missing or not a string")
     if not isinstance(manifest.get("text_columns", []), list):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrec.tokenizers.config import TokenizerConfig
-from genrec.tokenizers.kmeans import kmeans
+from genrec.tokenizers.kmeans import kmeans, nearest
 from genrec.tokenizers.quantizer import Codebook
 from genrec.tokenizers.training import VQAutoencoder, mlp
 
@@ -72,7 +72,12 @@ class MaskedVQ(VQAutoencoder):
     @torch.no_grad()
     def encode(self, vectors: torch.Tensor) -> torch.Tensor:
         self.eval()
-        return torch.cat([self(chunk)[1] for chunk in vectors.split(65536)])
+        return torch.cat([self._codes(chunk) for chunk in vectors.split(65536)])
+
+    def _codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Each encoder's nearest codeword, without decoding."""
+        pairs = zip(self.encoders, self.codebooks, strict=True)
+        return torch.stack([nearest(encoder(x), cb.weight)[0] for encoder, cb in pairs], dim=1)
 
     @torch.no_grad()
     def last_level_distances(self, vectors: torch.Tensor) -> torch.Tensor:

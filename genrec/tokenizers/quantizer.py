@@ -111,14 +111,19 @@ class ResidualQuantizer(nn.Module):
         return out, torch.stack(codes, dim=1), losses, residuals
 
     @torch.no_grad()
-    def residuals(self, z: torch.Tensor) -> list[torch.Tensor]:
-        """The input of every level, without gradient (for init, restarts and Sinkhorn)."""
-        out, residual = [], z
+    def assign(self, z: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Codes [N, L] and the input of every level, without gradient or codebook updates."""
+        codes, residuals, residual = [], [], z
         for codebook in self.levels:
-            out.append(residual)
-            codes, _ = nearest(residual, codebook.weight)
-            residual = residual - codebook.weight[codes]
-        return out
+            residuals.append(residual)
+            level_codes, _ = nearest(residual, codebook.weight)
+            residual = residual - codebook.weight[level_codes]
+            codes.append(level_codes)
+        return torch.stack(codes, dim=1), residuals
+
+    def residuals(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """The input of every level (for init, restarts and Sinkhorn)."""
+        return self.assign(z)[1]
 
     @torch.no_grad()
     def kmeans_init(self, z: torch.Tensor, iters: int, seed: int) -> None:

@@ -62,7 +62,7 @@ class RQVAE(VQAutoencoder):
     @torch.no_grad()
     def encode(self, vectors: torch.Tensor) -> torch.Tensor:
         self.eval()
-        codes = [self.quantizer(self.encoder(chunk))[1] for chunk in vectors.split(65536)]
+        codes = [self.quantizer.assign(self.encoder(chunk))[0] for chunk in vectors.split(65536)]
         return torch.cat(codes)
 
     @torch.no_grad()

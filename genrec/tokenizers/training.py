@@ -23,11 +23,6 @@ def mlp(dims: list[int], dropout: float) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def code_usage(codes: torch.Tensor, codebook_size: int) -> list[float]:
-    """Share of each level's codebook that some item uses."""
-    return [codes[:, level].unique().numel() / codebook_size for level in range(codes.shape[1])]
-
-
 class VQAutoencoder(Tokenizer):
     """A tokenizer trained by gradient: subclasses give the losses of a batch."""
 

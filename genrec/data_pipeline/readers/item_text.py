@@ -62,15 +62,14 @@ def _field_order(name: str) -> tuple[int, str]:
     return (TEXT_FIELDS.index(name) if name in TEXT_FIELDS else len(TEXT_FIELDS), name)
 
 
-def read_table_file(path: Path, column_names: Sequence[str] | None = None) -> pa.Table:
+def read_table_file(path: Path) -> pa.Table:
     """Read a TSV/CSV/Parquet file with every column as text unless Parquet says otherwise."""
     if path.suffix in (".parquet", ".pq"):
         return pq.read_table(path)
     delimiter = "\t" if path.suffix in (".tsv", ".tab") else ","
-    read = pacsv.ReadOptions(column_names=column_names) if column_names else pacsv.ReadOptions()
     parse = pacsv.ParseOptions(delimiter=delimiter, quote_char=False if delimiter == "\t" else '"')
     try:
-        return pacsv.read_csv(path, read_options=read, parse_options=parse)
+        return pacsv.read_csv(path, parse_options=parse)
     except (pa.ArrowInvalid, OSError) as err:
         raise DataError(str(path), f"cannot parse as a delimited table: {err}") from err
 
