@@ -13,10 +13,26 @@ from genrec.config import load_config
 from genrec.data_pipeline.prepare import load_manifest
 from genrec.errors import ConfigError, DataError
 
+RESULT_COLUMNS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+
 
 def _print_paths(paths: Path | dict[str, Path]) -> None:
     for path in paths.values() if isinstance(paths, dict) else [paths]:
         print(path)
+
+
+def _row(name: str, metrics: dict[str, float]) -> str:
+    cells = "".join(f"{metrics.get(key, float('nan')):>11.4f}" for key in RESULT_COLUMNS)
+    return f"{name:<22}{cells}"
+
+
+def results_table(result: dict) -> str:
+    """Test-split metrics of the model and its baselines, one row each."""
+    lines = [f"{'test':<22}" + "".join(f"{key:>11}" for key in RESULT_COLUMNS)]
+    lines.append(_row(f"genrec {result['method']}", result["test"]))
+    for name, baseline in result["baselines"].items():
+        lines.append(_row(name, baseline["test"]))
+    return "\n".join(lines)
 
 
 def _run(cfg: DictConfig) -> None:
@@ -34,6 +50,17 @@ def _run(cfg: DictConfig) -> None:
         f"{[round(level['usage'], 3) for level in report['levels']]}, collisions "
         f"{report['collision_rate_before']:.3f} -> {report['collision_rate_after']:.3f}"
     )
+    metrics = stages.evaluate(cfg)
+    print(results_table(json.loads(metrics.read_text())))
+    print(f"results: {metrics}")
+
+
+def _evaluate(cfg: DictConfig) -> None:
+    from genrec import stages
+
+    metrics = stages.evaluate(cfg)
+    print(results_table(json.loads(metrics.read_text())))
+    print(f"results: {metrics}")
 
 
 def _stage(name: str) -> Callable[[DictConfig], None]:
@@ -49,6 +76,8 @@ COMMANDS: dict[str, tuple[Callable[[DictConfig], None], str]] = {
     "prepare": (_stage("data"), "read, filter, split and shard the interaction data"),
     "features": (_stage("features"), "item text embeddings, SASRec and LightGCN embeddings"),
     "tokenize": (_stage("tokenize"), "fit the item tokenizer and write semantic IDs"),
+    "train": (_stage("train"), "train the generative recommender (trainer.*)"),
+    "evaluate": (_evaluate, "beam-search metrics of the trained model (or evaluate.checkpoint)"),
     "run": (_run, "the whole pipeline on the configured data (default: synthetic)"),
 }
 

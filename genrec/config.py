@@ -11,18 +11,23 @@ from omegaconf.errors import OmegaConfBaseException
 
 from genrec.data_pipeline.config import DataConfig, FeaturesConfig
 from genrec.errors import ConfigError
+from genrec.recipes import RECIPES, Method
 from genrec.tokenizers.config import LightGCNConfig, SASRecConfig, TokenizerConfig
+from genrec.trainer.config import EvalConfig, TrainerConfig
 
 
 @dataclass
 class GenrecConfig:
     run_dir: str = "runs/default"
     seed: int = 0
+    method: Method = Method.tiger
     data: DataConfig = field(default_factory=DataConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
     lightgcn: LightGCNConfig = field(default_factory=LightGCNConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
 
 
 def _describe(err: OmegaConfBaseException) -> str:
@@ -31,25 +36,41 @@ def _describe(err: OmegaConfBaseException) -> str:
     return f"config key '{key}': {message}" if key else message
 
 
-def load_config(files: list[str | Path] = (), overrides: list[str] = ()) -> DictConfig:
-    """Merge the schema defaults, then each YAML file, then the `key=value` overrides."""
-    cfg = OmegaConf.structured(GenrecConfig)
+def _merge(cfg: DictConfig, layer: DictConfig, where: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(cfg, layer)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{where}{_describe(err)}") from err
+
+
+def _layers(files: list[str | Path], overrides: list[str]) -> list[tuple[DictConfig, str]]:
+    """Each YAML file, then each override, with the prefix its errors are reported under."""
+    layers = []
     for path in files:
         try:
-            layer = OmegaConf.load(path)
+            layers.append((OmegaConf.load(path), f"{path}: "))
         except (OSError, ValueError, OmegaConfBaseException) as err:
             raise ConfigError(f"cannot read config file {path}: {err}") from err
-        try:
-            cfg = OmegaConf.merge(cfg, layer)
-        except OmegaConfBaseException as err:
-            raise ConfigError(f"{path}: {_describe(err)}") from err
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+            layers.append((OmegaConf.from_dotlist([item]), f"override '{item}': "))
         except OmegaConfBaseException as err:
             raise ConfigError(f"override '{item}': {_describe(err)}") from err
+    return layers
+
+
+def load_config(files: list[str | Path] = (), overrides: list[str] = ()) -> DictConfig:
+    """Merge the schema defaults, the method's recipe, each YAML file, then the overrides."""
+    layers = _layers(files, overrides)
+    cfg = OmegaConf.structured(GenrecConfig)
+    for layer, where in layers:
+        cfg = _merge(cfg, layer, where)
+    recipe = OmegaConf.create(RECIPES[cfg.method])
+    cfg = _merge(OmegaConf.structured(GenrecConfig), recipe, f"recipe {cfg.method.name}: ")
+    for layer, where in layers:
+        cfg = _merge(cfg, layer, where)
     validate(cfg)
     return cfg
 

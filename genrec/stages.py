@@ -3,7 +3,9 @@ stages it depends on. Every stage reuses its output when inputs and config are u
 calling a stage twice, or running `genrec run` again, redoes nothing.
 """
 
+import json
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -59,3 +61,28 @@ def tokenize(cfg: DictConfig) -> Path:
     inputs = tokenizer_inputs(cfg)
     fingerprint = load_manifest(data(cfg))["fingerprint"]
     return run_tokenizer(cfg, fingerprint, inputs, Path(cfg.run_dir) / "tokenizer")
+
+
+def train(cfg: DictConfig) -> Path:
+    from genrec.trainer.train import train as run_training
+
+    tokenizer = tokenize(cfg)
+    return run_training(cfg, data(cfg), tokenizer, Path(cfg.run_dir) / "train")
+
+
+def sasrec_baseline(cfg: DictConfig) -> dict[str, Any]:
+    metrics = json.loads((sasrec(cfg) / "metrics.json").read_text())
+    return {"valid": metrics["valid"], "test": metrics["test"]}
+
+
+def evaluate(cfg: DictConfig) -> Path:
+    """`run_dir/metrics.json` for `evaluate.checkpoint`, or for the trained model by default."""
+    from genrec.trainer.evaluate import evaluate_checkpoint
+    from genrec.trainer.train import MODEL_FILE
+
+    given = cfg.evaluate.checkpoint
+    checkpoint = Path(given) if given else train(cfg) / MODEL_FILE
+    out = Path(cfg.run_dir) / "metrics.json"
+    baselines = {"sasrec": sasrec_baseline(cfg)}
+    evaluate_checkpoint(cfg, checkpoint, data(cfg), tokenize(cfg), baselines, out)
+    return out

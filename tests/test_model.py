@@ -8,7 +8,6 @@ from genrec.trainer.model import (
     ModelConfig,
     count_parameters,
     flops_per_example,
-    reorder,
 )
 
 LEVELS, K, D = 3, 16, 4
@@ -78,16 +77,24 @@ def test_decode_step_extends_the_cache_by_one_position():
     assert cache.cross_k[0] is cross
 
 
-def test_reordered_cache_decodes_like_the_selected_rows():
+def test_selected_beams_decode_like_their_users_rows():
     model = tiny_model()
     history, target = padded_batch()
+    other = target.clone()
+    other[:, 0] = (other[:, 0] + 1) % K
+    options = torch.stack([target, other], dim=1)
+    index = torch.tensor([[1, 0, 0], [0, 1, 1], [1, 1, 0]])
     with torch.no_grad():
         cache = model.init_cache(*model.encode(history))
         model.decode_step(cache, target[:, :0])
-        beams = cache.repeat_interleave(2)
-        picked = reorder(beams, torch.tensor([5, 0]))
-        logits = model.decode_step(picked, target[[2, 0], :1])
-        expected = model(history, target)[[2, 0], 1, :K]
+        two = cache.select_beams(torch.zeros(3, 2, dtype=torch.long))
+        model.decode_step(two, options[:, :, :1].flatten(0, 1))
+        picked = two.select_beams(index)
+        chosen = options.gather(1, index[..., None].expand(-1, -1, LEVELS + 1))
+        logits = model.decode_step(picked, chosen[:, :, :2].flatten(0, 1))
+        full = torch.stack([model(history, o)[:, 2, :K] for o in (target, other)], dim=1)
+    expected = full.gather(1, index[..., None].expand(-1, -1, K)).flatten(0, 1)
+    assert picked.beams == 3 and picked.cross_k[0] is cache.cross_k[0]
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
 
 

@@ -1,6 +1,7 @@
 """Stage wiring: each tokenizer pulls the features it needs; `genrec run` runs end to end."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -20,6 +21,9 @@ TINY = [
     "tokenizer.codebook_size=16",
     "tokenizer.hidden_dims=[64]",
     "tokenizer.latent_dim=16",
+    "trainer.epochs=2",
+    "trainer.batch_size=64",
+    "trainer.micro_batch_size=32",
 ]
 
 
@@ -47,13 +51,65 @@ def test_mq_tokenizes_users_and_items_from_lightgcn(run_dir):
     )
 
 
-def test_genrec_run_end_to_end(tmp_path):
+def genrec(*args: str) -> subprocess.CompletedProcess:
     done = subprocess.run(
-        [sys.executable, "-m", "genrec", "run", f"run_dir={tmp_path}", *TINY],
+        [sys.executable, "-m", "genrec", *args], capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A `genrec run` on the tiny synthetic data: its folder and its stdout."""
+    folder = tmp_path_factory.mktemp("run")
+    return folder, genrec("run", f"run_dir={folder}", *TINY).stdout
+
+
+def test_genrec_run_trains_evaluates_and_reuses(finished_run):
+    folder, stdout = finished_run
+    assert "tokenizer rqvae: code usage per level" in stdout
+    assert "genrec tiger" in stdout and "popularity" in stdout and "sasrec" in stdout
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert set(metrics["valid"]) == set(metrics["test"]) >= {"recall@10", "ndcg@20"}
+    assert set(metrics["baselines"]) == {"popularity", "sasrec"}
+    assert metrics["method"] == "tiger" and metrics["config"]["trainer"]["epochs"] == 2
+    summary = json.loads((folder / "train" / "train.json").read_text())
+    assert summary["steps"] > 0 and summary["validations"]
+    assert summary["valid"]["ndcg@10"] == max(v["ndcg@10"] for v in summary["validations"])
+    again = genrec("run", f"run_dir={folder}", *TINY)
+    assert "train: reusing" in again.stderr and "evaluate: reusing" in again.stderr
+
+
+def test_evaluate_reproduces_the_metrics_from_the_checkpoint(finished_run, tmp_path):
+    folder, _ = finished_run
+    before = json.loads((folder / "metrics.json").read_text())
+    checkpoint = tmp_path / "copy.pt"
+    shutil.copy(folder / "train" / "model.pt", checkpoint)
+    done = genrec("evaluate", f"run_dir={folder}", *TINY, f"evaluate.checkpoint={checkpoint}")
+    after = json.loads((folder / "metrics.json").read_text())
+    assert after["checkpoint"] == str(checkpoint) and "evaluate: reusing" not in done.stderr
+    assert after["test"] == before["test"] and after["valid"] == before["valid"]
+
+
+def test_evaluate_refuses_ids_the_model_was_not_trained_on(finished_run):
+    folder, _ = finished_run
+    checkpoint = folder / "train" / "model.pt"
+    retokenized = [*TINY, "tokenizer.epochs=4", f"evaluate.checkpoint={checkpoint}"]
+    done = subprocess.run(
+        [sys.executable, "-m", "genrec", "evaluate", f"run_dir={folder}", *retokenized],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "tokenizer rqvae: code usage per level" in done.stdout
-    assert (tmp_path / "tokenizer" / "items" / "semantic_ids.parquet").is_file()
+    assert done.returncode == 2
+    assert "semantic_ids.parquet" in done.stderr and "was trained on" in done.stderr
+
+
+@pytest.mark.slow
+def test_genrec_run_on_the_synthetic_default_beats_popularity_by_far(tmp_path):
+    done = genrec("run", f"run_dir={tmp_path}")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    model, popularity = metrics["test"], metrics["baselines"]["popularity"]["test"]
+    assert model["recall@10"] > 2.5 * popularity["recall@10"], done.stdout
+    assert model["ndcg@10"] > 2.5 * popularity["ndcg@10"], done.stdout

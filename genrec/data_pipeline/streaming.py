@@ -137,6 +137,39 @@ def collate(examples: list[Example], pad: int = -1) -> dict[str, torch.Tensor]:
     }
 
 
+def length_grouped(
+    examples: Iterator[Example], batch_size: int, pool_batches: int, rng: np.random.Generator
+) -> Iterator[list[Example]]:
+    """Batches of examples with similar history lengths.
+
+    Prefix examples range from one item to the whole history, so a random batch is mostly
+    padding. A pool of `pool_batches` batches is sorted by length, cut into batches, and the
+    batches leave in random order: padding drops while the epoch stays shuffled.
+    """
+    while pool := list(itertools.islice(examples, batch_size * pool_batches)):
+        pool.sort(key=lambda ex: len(ex["history"]))
+        batches = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
+        for index in rng.permutation(len(batches)):
+            yield batches[index]
+
+
+class TrainBatches(IterableDataset):
+    """Collated, length-grouped batches of TrainExamples, for `DataLoader(batch_size=None)`."""
+
+    def __init__(self, examples: TrainExamples, batch_size: int, pool_batches: int = 32):
+        self.examples, self.batch_size, self.pool_batches = examples, batch_size, pool_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.examples.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        worker, _ = _loader_worker()
+        ex = self.examples
+        rng = np.random.default_rng([ex.seed, ex.epoch, ex.rank, worker, 1])
+        for batch in length_grouped(iter(self.examples), self.batch_size, self.pool_batches, rng):
+            yield collate(batch)
+
+
 def _decode_sample(row: dict[str, Any]) -> dict[str, Any]:
     return {"user": int(row["__key__"]), "items": row["items.npy"].astype(np.int32)}
 

@@ -81,7 +81,7 @@ def _csr(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return offsets, pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def _eval_set(data_dir: Path, name: str) -> EvalSet:
+def load_eval_set(data_dir: Path, name: str) -> EvalSet:
     """A split with its examples ordered by history length: metrics are means, so order is
     free, and batches of similar lengths let sequence models cut most of the padding."""
     table = pq.read_table(data_dir / f"{name}.parquet")
@@ -108,8 +108,8 @@ def load_cf_data(data_dir: Path) -> CFData:
         manifest,
         train_offsets,
         train_items,
-        _eval_set(data_dir, "valid"),
-        _eval_set(data_dir, "test"),
+        load_eval_set(data_dir, "valid"),
+        load_eval_set(data_dir, "test"),
     )
 
 

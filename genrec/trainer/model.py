@@ -148,6 +148,16 @@ def flops_per_example(config: ModelConfig, history_items: int, training: bool = 
     return 3 * forward if training else forward
 
 
+def code_cross_entropy(logits: Tensor, target_codes: Tensor, temperature: float = 1.0) -> Tensor:
+    """Mean cross-entropy over all L+1 steps, each against its own code set.
+
+    temperature < 1 is LETTER's ranking-guided loss: dividing the logits sharpens the softmax,
+    so negatives scoring close to the target weigh more in the gradient.
+    """
+    scaled = logits.float() / temperature
+    return F.cross_entropy(scaled.flatten(0, 1), target_codes.flatten())
+
+
 class Attention(nn.Module):
     """Multi-head attention whose K/V projection is separate so callers can cache it."""
 
@@ -239,25 +249,34 @@ class DecoderBlock(nn.Module):
 
         Several new positions at once (teacher forcing) need a causal mask and an empty past;
         a single new position attends to everything cached, which is causal by construction.
+        Cross-attention treats a user's beams as more queries against that user's memory.
         """
         h = self.self_norm(x)
         k, v = self.self_attn.project_kv(h)
         k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         x = x + self.dropout(self.self_attn.attend(h, k, v, None, causal=x.size(1) > 1))
         h = self.cross_norm(x)
-        x = x + self.dropout(self.cross_attn.attend(h, *cross, memory_mask, causal=False))
+        rows, length, width = h.shape
+        per_user = h.reshape(memory_mask.size(0), -1, width)
+        attended = self.cross_attn.attend(per_user, *cross, memory_mask, causal=False)
+        x = x + self.dropout(attended.reshape(rows, length, width))
         return x + self.dropout(self.ffn(self.ffn_norm(x))), (k, v)
 
 
 @dataclass
 class DecoderCache:
-    """Per-layer cross-attention K/V (computed once) and the growing self-attention K/V."""
+    """Cross-attention K/V once per user, self-attention K/V per decoding row.
+
+    Rows are users x beams, grouped by user (row r is beam r % beams of user r // beams), so a
+    user's beams share its cross-attention K/V instead of each holding a copy.
+    """
 
     cross_k: list[Tensor]
     cross_v: list[Tensor]
     memory_mask: Tensor
     self_k: list[Tensor]
     self_v: list[Tensor]
+    beams: int = 1
 
     @property
     def length(self) -> int:
@@ -265,30 +284,26 @@ class DecoderCache:
         return self.self_k[0].size(2) if self.self_k else 0
 
     @property
-    def batch_size(self) -> int:
+    def num_users(self) -> int:
         return self.memory_mask.size(0)
 
-    def reorder(self, index: Tensor) -> "DecoderCache":
-        """The cache for rows `index` of the batch, e.g. the surviving beams."""
-        pick = [t.index_select(0, index) for t in (*self.cross_k, *self.cross_v)]
-        layers = len(self.cross_k)
+    @property
+    def batch_size(self) -> int:
+        """Decoding rows: users x beams."""
+        return self.num_users * self.beams
+
+    def select_beams(self, index: Tensor) -> "DecoderCache":
+        """The cache for beams `index` [users, new_beams] of each user, e.g. the survivors."""
+        users, beams = index.shape
+        rows = (torch.arange(users, device=index.device)[:, None] * self.beams + index).flatten()
         return DecoderCache(
-            cross_k=pick[:layers],
-            cross_v=pick[layers:],
-            memory_mask=self.memory_mask.index_select(0, index),
-            self_k=[t.index_select(0, index) for t in self.self_k],
-            self_v=[t.index_select(0, index) for t in self.self_v],
+            cross_k=self.cross_k,
+            cross_v=self.cross_v,
+            memory_mask=self.memory_mask,
+            self_k=[t.index_select(0, rows) for t in self.self_k],
+            self_v=[t.index_select(0, rows) for t in self.self_v],
+            beams=beams,
         )
-
-    def repeat_interleave(self, repeats: int) -> "DecoderCache":
-        """Each row repeated `repeats` times in place, the layout beam search expands into."""
-        index = torch.arange(self.batch_size, device=self.memory_mask.device)
-        return self.reorder(index.repeat_interleave(repeats))
-
-
-def reorder(cache: DecoderCache, index: Tensor) -> DecoderCache:
-    """Beam-search helper: the cache rows selected by index."""
-    return cache.reorder(index)
 
 
 class GenerativeRecommender(nn.Module):
@@ -414,11 +429,15 @@ class GenerativeRecommender(nn.Module):
         return logits.masked_fill(~self.valid_codes, float("-inf"))
 
     def loss(
-        self, history_codes: Tensor, target_codes: Tensor, user: Tensor | None = None
+        self,
+        history_codes: Tensor,
+        target_codes: Tensor,
+        user: Tensor | None = None,
+        temperature: float = 1.0,
     ) -> Tensor:
-        """Mean cross-entropy over all L+1 steps, each against its own code set."""
-        logits = self(history_codes, target_codes, user)
-        return F.cross_entropy(logits.flatten(0, 1), target_codes.flatten())
+        return code_cross_entropy(
+            self(history_codes, target_codes, user), target_codes, temperature
+        )
 
     def _decode(self, cache: DecoderCache, tokens: Tensor) -> Tensor:
         """Runs tokens [B, T] as decoder positions cache.length.., extending the cache."""

@@ -1,0 +1,119 @@
+"""The DeepSpeed engine the training loop drives, single-process or one rank of many.
+
+The optimizer (AdamW) and schedule (linear warm-up, cosine decay) are plain torch objects handed
+to DeepSpeed, so the same loop runs on CPU (gloo) and GPU (nccl, bf16) with any ZeRO stage.
+"""
+
+import math
+import os
+import socket
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from genrec.errors import ConfigError
+from genrec.trainer.config import Precision
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'trainer.device' is {name!r} but no GPU is available")
+    return device
+
+
+def use_bf16(trainer: DictConfig, device: torch.device) -> bool:
+    if trainer.precision is Precision.auto:
+        return device.type == "cuda"
+    return trainer.precision is Precision.bf16
+
+
+def accumulation_steps(trainer: DictConfig, world_size: int) -> int:
+    """Micro-steps per optimizer step, so the global batch is the same for any worker count."""
+    per_step = trainer.micro_batch_size * world_size
+    if trainer.batch_size % per_step:
+        raise ConfigError(
+            f"config key 'trainer.batch_size' ({trainer.batch_size}) must be a multiple of "
+            f"trainer.micro_batch_size x workers ({trainer.micro_batch_size} x {world_size})"
+        )
+    return trainer.batch_size // per_step
+
+
+def deepspeed_config(trainer: DictConfig, world_size: int, device: torch.device) -> dict:
+    return {
+        "train_batch_size": trainer.batch_size,
+        "train_micro_batch_size_per_gpu": trainer.micro_batch_size,
+        "gradient_accumulation_steps": accumulation_steps(trainer, world_size),
+        "gradient_clipping": trainer.grad_clip,
+        "zero_optimization": {"stage": trainer.zero_stage},
+        "bf16": {"enabled": use_bf16(trainer, device)},
+        "steps_per_print": 2**31 - 1,
+        "zero_allow_untested_optimizer": True,
+    }
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """The learning-rate multiplier at optimizer step `step`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only; norms' gains are left alone."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(device: torch.device) -> None:
+    """Join the process group the launcher set up, or make a one-process group."""
+    if device.type == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    if torch.distributed.is_initialized():
+        return
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+
+
+def build_engine(model: nn.Module, trainer: DictConfig, total_steps: int, device: torch.device):
+    """Wraps the model in a DeepSpeed engine with AdamW and the warm-up + cosine schedule."""
+    init_distributed(device)
+    import deepspeed
+
+    world_size = torch.distributed.get_world_size()
+    optimizer = torch.optim.AdamW(
+        param_groups(model, trainer.weight_decay),
+        lr=trainer.lr,
+        betas=(0.9, 0.98),
+        fused=device.type == "cuda",
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: warmup_cosine(step, trainer.warmup_steps, total_steps, trainer.min_lr_ratio),
+    )
+    engine, *_ = deepspeed.initialize(
+        model=model.to(device),
+        optimizer=optimizer,
+        lr_scheduler=schedule,
+        config=deepspeed_config(trainer, world_size, device),
+    )
+    return engine

@@ -1,0 +1,110 @@
+"""The training loop's parts: engine settings, schedule, loss, batching and evaluation inputs."""
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from genrec.config import load_config
+from genrec.data_pipeline.streaming import length_grouped
+from genrec.errors import ConfigError, DataError
+from genrec.tokenizers.cf_training import EvalSet
+from genrec.trainer.engine import accumulation_steps, deepspeed_config, warmup_cosine
+from genrec.trainer.evaluate import left_padded, subsample
+from genrec.trainer.item_codes import ItemCodes
+from genrec.trainer.model import code_cross_entropy
+
+
+def test_global_batch_is_split_into_accumulation_steps():
+    cfg = load_config([], ["trainer.batch_size=256", "trainer.micro_batch_size=32"])
+    assert accumulation_steps(cfg.trainer, world_size=1) == 8
+    assert accumulation_steps(cfg.trainer, world_size=2) == 4
+    ds = deepspeed_config(cfg.trainer, 2, torch.device("cpu"))
+    assert ds["train_batch_size"] == 256 and ds["gradient_accumulation_steps"] == 4
+    assert ds["bf16"]["enabled"] is False
+    with pytest.raises(ConfigError, match=r"trainer.batch_size.*multiple of"):
+        accumulation_steps(cfg.trainer, world_size=3)
+
+
+def test_bf16_follows_precision_and_device():
+    cfg = load_config([], ["trainer.precision=bf16"])
+    assert deepspeed_config(cfg.trainer, 1, torch.device("cpu"))["bf16"]["enabled"] is True
+    auto = load_config([]).trainer
+    assert deepspeed_config(auto, 1, torch.device("cuda"))["bf16"]["enabled"] is True
+
+
+def test_warmup_then_cosine_to_the_floor():
+    assert warmup_cosine(0, 10, 110, 0.1) == pytest.approx(0.1)
+    assert warmup_cosine(9, 10, 110, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine(60, 10, 110, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert warmup_cosine(110, 10, 110, 0.1) == pytest.approx(0.1)
+    assert warmup_cosine(500, 10, 110, 0.1) == pytest.approx(0.1)
+
+
+def test_ranking_guided_loss_is_cross_entropy_of_sharpened_logits():
+    logits = torch.tensor([[[2.0, 0.0, float("-inf")], [1.0, 1.0, 0.0]]])
+    target = torch.tensor([[0, 2]])
+    plain = (-math.log(math.e**2 / (math.e**2 + 1)) - math.log(1 / (2 * math.e + 1))) / 2
+    assert code_cross_entropy(logits, target).item() == pytest.approx(plain)
+    sharp = (-math.log(math.e**4 / (math.e**4 + 1)) - math.log(1 / (2 * math.e**2 + 1))) / 2
+    assert code_cross_entropy(logits, target, temperature=0.5).item() == pytest.approx(sharp)
+
+
+def test_method_recipe_sits_under_user_settings():
+    letter = load_config([], ["method=letter"])
+    assert letter.tokenizer.name.name == "letter"
+    assert letter.tokenizer.collisions.name == "sinkhorn"
+    assert letter.trainer.temperature == 0.8
+    mine = load_config([], ["trainer.temperature=1.1", "method=letter"])
+    assert mine.trainer.temperature == 1.1 and mine.tokenizer.name.name == "letter"
+    assert load_config([]).tokenizer.name.name == "rqvae"
+    with pytest.raises(ConfigError, match="method"):
+        load_config([], ["method=etegrec"])
+
+
+def test_length_grouped_batches_cut_padding_and_keep_every_example():
+    examples = [
+        {"history": np.arange(n), "target": n}
+        for n in np.random.default_rng(0).integers(1, 50, 500)
+    ]
+    batches = list(length_grouped(iter(examples), 16, 8, np.random.default_rng(1)))
+    assert sorted(ex["target"] for b in batches for ex in b) == sorted(
+        ex["target"] for ex in examples
+    )
+    pad = sum(len(b) * max(len(ex["history"]) for ex in b) for b in batches)
+    random_pad = sum(
+        16 * max(len(ex["history"]) for ex in examples[i : i + 16]) for i in range(0, 500, 16)
+    )
+    assert pad < 0.7 * random_pad
+
+
+def test_left_padded_keeps_the_newest_item_last():
+    offsets, values = np.array([0, 3, 3, 4]), np.array([5, 6, 7, 9])
+    padded = left_padded(offsets, values, np.array([0, 2, 1]))
+    assert padded.tolist() == [[5, 6, 7], [-1, -1, 9], [-1, -1, -1]]
+
+
+def test_subsample_is_fixed_and_consistent():
+    split = EvalSet("valid", np.arange(5), np.array([0, 1, 3, 4, 6, 9]), np.arange(9), np.arange(5))
+    a, b = subsample(split, 3, seed=7), subsample(split, 3, seed=7)
+    assert np.array_equal(a.users, b.users) and a.users.size == 3
+    for row, user in enumerate(a.users):
+        own = split.history[split.offsets[user] : split.offsets[user + 1]]
+        assert np.array_equal(a.history[a.offsets[row] : a.offsets[row + 1]], own)
+    assert subsample(split, 0, seed=7) is split
+
+
+def test_item_codes_map_histories_and_reject_bad_tables(tmp_path):
+    codes = ItemCodes(np.array([[1, 2, 0], [3, 0, 1]]), codebook_size=4)
+    assert codes(torch.tensor([[-1, 1, 0]])).tolist() == [[[-1, -1, -1], [3, 0, 1], [1, 2, 0]]]
+    assert (codes.num_levels, codes.dedup_size) == (2, 2)
+    path = tmp_path / "semantic_ids.parquet"
+    pq.write_table(pa.table({"item": [1, 0], "codes": [[1, 2, 0], [3, 0, 1]]}), path)
+    with pytest.raises(DataError, match=r"semantic_ids.parquet.*items 0..1 in order"):
+        ItemCodes.load(path, 2, 4)
+    pq.write_table(pa.table({"item": [0, 1], "codes": [[1, 9, 0], [3, 0, 1]]}), path)
+    with pytest.raises(DataError, match=r"codes must lie in \[0, 4\), max is 9"):
+        ItemCodes.load(path, 2, 4)
