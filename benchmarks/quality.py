@@ -1,18 +1,20 @@
 """Recommendation quality: genrec's TIGER and LETTER recipes beside SASRec and popularity.
 
 Command:
-    python benchmarks/quality.py [--datasets amazon14_office amazon18_industrial_scientific]
-        [--methods tiger letter] [--root runs/quality] [key=value ...]
+    python benchmarks/quality.py [key=value ...] [--datasets amazon14_office ...]
+        [--methods tiger letter] [--root runs/quality]
 
-Each (dataset, method) runs `genrec evaluate` end to end (prepare, features, tokenizer, train,
-beam search) in its own run folder under --root, reusing finished stages. The key=value
-overrides apply to every run (e.g. a CPU time budget: trainer.epochs=8). Prints a Markdown
-table of test Recall/NDCG@5/10 with the wall time of each run, and writes it with every
-figure to --root/quality.json. The published Beauty figures are in ../shared/datasets/README.md.
+Each (dataset, method) runs `genrec evaluate` end to end (prepare, features, tokenizer,
+train, beam search) in its own run folder under --root, reusing finished stages. The
+key=value overrides (given before the options) apply to every run, e.g. a CPU budget:
+trainer.epochs=8. Prints a Markdown table of test Recall/NDCG@5/10 with the wall time of
+each run, and writes it with every figure to --root/quality.json. The published Beauty
+figures are in ../shared/datasets/README.md.
 """
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,7 +32,17 @@ PRESETS = HERE.parent / "configs" / "datasets"
 COLUMNS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 
 
+def share_inputs(source: Path, target: Path) -> None:
+    """Copies the data and feature stages of another method's run: their fingerprints match,
+    so the new run reuses them instead of recomputing (text embeddings take minutes on CPU)."""
+    for stage in ("data", "features"):
+        if (source / stage).is_dir() and not (target / stage).exists():
+            shutil.copytree(source / stage, target / stage)
+
+
 def run(dataset: str, method: str, root: Path, overrides: list[str]) -> tuple[dict, float]:
+    for other in (root / dataset).glob("*"):
+        share_inputs(other, root / dataset / method)
     cfg = load_config(
         [PRESETS / f"{dataset}.yaml"],
         [f"run_dir={root / dataset / method}", f"method={method}", *overrides],

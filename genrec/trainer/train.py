@@ -106,6 +106,7 @@ class Progress:
     step: int = 0
     epoch: int = 0
     samples: int = 0
+    train_seconds: float = 0.0
     best_step: int = 0
     best: dict[str, float] = field(default_factory=lambda: {SELECT_METRIC: -1.0})
     stale: int = 0
@@ -256,7 +257,9 @@ class Loop:
         with tqdm(total=total, desc="train", unit="step") as bar:
             while p.epoch < self.trainer.epochs:
                 for batch in self.loader():
+                    started = time.perf_counter()
                     loss = self.micro_step(batch)
+                    p.train_seconds += time.perf_counter() - started
                     meter.add(batch["history"], self.model.config.codes_per_item)
                     p.samples += batch["history"].size(0)
                     if self.engine.global_steps == p.step:
@@ -305,7 +308,7 @@ def train(cfg: DictConfig, data_dir: Path, tokenizer_dir: Path, out_dir: Path) -
             "epochs": progress.epoch,
             "samples": progress.samples,
             "seconds": round(seconds, 1),
-            "samples_per_s": round(progress.samples / seconds, 1),
+            "train_samples_per_s": round(progress.samples / progress.train_seconds, 1),
             "parameters": loop.model.num_parameters(),
             "model": vars(loop.model.config),
             "validations": progress.history,
