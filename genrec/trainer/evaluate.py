@@ -71,7 +71,9 @@ def target_ranks(
     for start in tqdm(batches, desc=f"beam search {split.name}", disable=not progress):
         rows = np.arange(start, min(start + batch_size, split.targets.size))
         history = codes(left_padded(split.offsets, split.history, rows).to(device))
-        items, _ = beam_search(model, trie, history, beam_size)
+        users = torch.as_tensor(split.users[rows], device=device)
+        user = users if model.config.num_user_buckets else None
+        items, _ = beam_search(model, trie, history, beam_size, user)
         ranks.append(ranks_in_lists(items.cpu().numpy(), split.targets[rows]))
     model.train(was_training)
     return np.concatenate(ranks)

@@ -184,7 +184,8 @@ class Loop:
     def micro_step(self, batch: dict[str, torch.Tensor]) -> float:
         history = self.codes(batch["history"].to(self.device, non_blocking=True))
         target = self.codes(batch["target"].to(self.device, non_blocking=True))
-        logits = self.engine(history, target)
+        user = batch["user"].to(self.device) if self.model.config.num_user_buckets else None
+        logits = self.engine(history, target, user)
         loss = code_cross_entropy(logits, target, self.trainer.temperature)
         self.engine.backward(loss)
         self.engine.step()
