@@ -53,7 +53,7 @@ def subsample(split: EvalSet, users: int, seed: int) -> EvalSet:
 
 
 @torch.no_grad()
-def target_ranks(
+def split_metrics(
     model: GenerativeRecommender,
     codes: ItemCodes,
     trie: ItemTrie,
@@ -61,8 +61,8 @@ def target_ranks(
     beam_size: int,
     batch_size: int,
     progress: bool = True,
-) -> np.ndarray:
-    """Each target's 0-based rank in its user's beam (beam_size where it is absent)."""
+) -> dict[str, float]:
+    """Recall and NDCG at every K up to the beam width, from each target's rank in its beam."""
     device = codes.table.device
     was_training = model.training
     model.eval()
@@ -76,22 +76,7 @@ def target_ranks(
         items, _ = beam_search(model, trie, history, beam_size, user)
         ranks.append(ranks_in_lists(items.cpu().numpy(), split.targets[rows]))
     model.train(was_training)
-    return np.concatenate(ranks)
-
-
-def split_metrics(
-    model: GenerativeRecommender,
-    codes: ItemCodes,
-    trie: ItemTrie,
-    split: EvalSet,
-    beam_size: int,
-    batch_size: int,
-    progress: bool = True,
-) -> dict[str, float]:
-    """Recall and NDCG at every K up to the beam width."""
-    ks = tuple(k for k in KS if k <= beam_size)
-    ranks = target_ranks(model, codes, trie, split, beam_size, batch_size, progress)
-    return ranking_metrics(ranks, ks)
+    return ranking_metrics(np.concatenate(ranks), tuple(k for k in KS if k <= beam_size))
 
 
 def evaluate_checkpoint(
