@@ -18,7 +18,7 @@ setup(
     install_requires=[
         "torch>=2.4,<2.15",
         "deepspeed>=0.16,<0.20",
-        "ray[train,data]>=2.40,<3",
+        "ray[default,train,data]>=2.40,<3",
         "pyarrow>=15",
         "webdataset>=0.2.90",
         "tensorboard>=2.15",

@@ -9,6 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from genrec.cluster.config import ClusterConfig
 from genrec.data_pipeline.config import DataConfig, FeaturesConfig
 from genrec.errors import ConfigError
 from genrec.recipes import RECIPES, Method
@@ -28,6 +29,7 @@ class GenrecConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 def _describe(err: OmegaConfBaseException) -> str:
@@ -75,6 +77,11 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = ()) -> Dict
     return cfg
 
 
+def config_from_dict(values: dict) -> DictConfig:
+    """A config back from its plain form (`provenance.to_plain`), e.g. in a Ray worker."""
+    return _merge(OmegaConf.structured(GenrecConfig), OmegaConf.create(values), "")
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks that the types alone cannot express."""
     data = cfg.data
@@ -86,6 +93,10 @@ def validate(cfg: DictConfig) -> None:
     for key in ("min_item_interactions", "max_history", "users_per_shard"):
         if data[key] < 1:
             raise ConfigError(f"config key 'data.{key}' must be >= 1, got {data[key]}")
+    if cfg.cluster.num_workers < 1:
+        raise ConfigError(
+            f"config key 'cluster.num_workers' must be >= 1, got {cfg.cluster.num_workers}"
+        )
     if data.format.name != "synthetic" and not data.interactions:
         raise ConfigError(
             f"config key 'data.interactions' is required for data.format={data.format.name}"

@@ -64,7 +64,7 @@ def tokenize(cfg: DictConfig) -> Path:
 
 
 def train(cfg: DictConfig) -> Path:
-    from genrec.trainer.train import train as run_training
+    from genrec.cluster.train_job import train as run_training
 
     tokenizer = tokenize(cfg)
     return run_training(cfg, data(cfg), tokenizer, Path(cfg.run_dir) / "train")

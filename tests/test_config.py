@@ -61,3 +61,18 @@ def test_override_without_equals_sign():
 )
 def test_every_preset_loads(preset):
     load_config([preset])
+
+
+def test_the_kuberay_example_submits_a_valid_genrec_command():
+    import shlex
+
+    import yaml
+
+    from genrec.cli import split_args
+
+    example = Path(__file__).parents[1] / "genrec/cluster/examples/kuberay-rayjob.yaml"
+    command = shlex.split(yaml.safe_load(example.read_text())["spec"]["entrypoint"])
+    assert command[:2] == ["genrec", "train"]
+    files, overrides = split_args(command[2:])
+    cfg = load_config([Path(__file__).parents[1] / f for f in files], overrides)
+    assert cfg.cluster.num_workers == 8 and cfg.cluster.use_gpu and cfg.trainer.zero_stage == 2

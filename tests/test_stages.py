@@ -92,13 +92,6 @@ def test_evaluate_reproduces_the_metrics_from_the_checkpoint(finished_run, tmp_p
     assert after["test"] == before["test"] and after["valid"] == before["valid"]
 
 
-def test_hashed_user_tokens_train_and_evaluate(tmp_path):
-    genrec("run", f"run_dir={tmp_path}", *TINY, "trainer.model.num_user_buckets=64")
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["config"]["trainer"]["model"]["num_user_buckets"] == 64
-    assert 0 < metrics["test"]["recall@20"] <= 1
-
-
 def test_evaluate_refuses_ids_the_model_was_not_trained_on(finished_run):
     folder, _ = finished_run
     checkpoint = folder / "train" / "model.pt"

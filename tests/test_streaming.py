@@ -127,22 +127,62 @@ def test_checksum_mismatch_stops_before_any_sample(data_dir, tmp_path):
     assert len(list(read_shard(path, load_manifest(data_dir)["shards"][0]["sha256"]))) > 0
 
 
-def test_ray_data_streaming_split(data_dir):
+def key_of(row):
+    return row["unit"], row["row"]
+
+
+def test_ray_stream_splits_resumes_and_skips_finished_shards(data_dir):
+    """Two consumers of a streaming_split see every (epoch, user) once; a stream resumed from
+    a position opens no finished unit and repeats no row trained on."""
     ray = pytest.importorskip("ray")
-    from genrec.data_pipeline.streaming import ray_eval_examples, ray_train_sequences
+    from genrec.data_pipeline.ray_ingest import (
+        DataPosition,
+        PositionBoard,
+        PositionTracker,
+        merge_positions,
+        stream_batches,
+        training_stream,
+        unit_sizes,
+    )
+    from genrec.data_pipeline.streaming import ray_eval_examples
 
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
     try:
-        halves = ray_train_sequences(data_dir).streaming_split(2, equal=False)
+        board = PositionBoard.remote()
+        sizes = unit_sizes(data_dir, epochs=2, seed=0)
+        ray.get(board.start.remote(DataPosition().to_json(), 0))
+        halves = training_stream(data_dir, 2, 0, board).streaming_split(2, equal=False)
 
         def consume(it):  # split iterators advance together, so each needs its own consumer
-            return [int(u) for batch in it.iter_batches(batch_size=64) for u in batch["user"]]
+            return [
+                (int(u), int(r))
+                for b in it.iter_batches()
+                for u, r in zip(b["unit"], b["row"], strict=True)
+            ]
 
         with ThreadPoolExecutor(2) as pool:
-            users = list(pool.map(consume, halves))
-        assert set(users[0]).isdisjoint(users[1])
-        assert len(users[0]) + len(users[1]) == load_manifest(data_dir)["num_users"]
+            rows = list(pool.map(consume, halves))
+        assert set(rows[0]).isdisjoint(rows[1])
+        assert len(rows[0]) + len(rows[1]) == sum(sizes) == 2 * load_manifest(data_dir)["num_users"]
+
+        tracker = PositionTracker()
+        stream = sorted(training_stream(data_dir, 2, 0, board).take_all(), key=key_of)
+        trained = [r for r in stream if r["unit"] == 0] + [r for r in stream if r["unit"] == 1][:20]
+        block = {k: [r[k] for r in trained] for k in trained[0]}
+        for batch in stream_batches([block], tracker, 4, 16, 0, np.random.default_rng(0)):
+            tracker.trained(batch["source"])
+        position = merge_positions(DataPosition(), [tracker.local()], sizes)
+        assert position.done == [0] and sum(map(len, position.rows.values())) == 20
+        ray.get(board.start.remote(position.to_json(), 1))
+        rest = training_stream(data_dir, 2, 0, board).take_all()
+        again = {(r["unit"], r["row"]) for r in rest}
+        assert len(again) == sum(sizes) - len(trained)
+        assert not again & {(u, r) for u, rows in position.rows.items() for r in rows}
         valid = ray_eval_examples(data_dir, "valid")
         assert valid.count() == load_manifest(data_dir)["num_valid_examples"]
+        attempts = ray.get(board.history.remote())
+        assert 0 not in attempts[-1]["read"] and sorted(attempts[-1]["read"]) == list(
+            range(1, len(sizes))
+        )
     finally:
         ray.shutdown()

@@ -1,4 +1,4 @@
-"""Streaming the training shards: a PyTorch IterableDataset and a Ray Data path.
+"""Streaming the training shards as a PyTorch IterableDataset (Ray Data: ray_ingest.py).
 
 Neither loads the dataset into one process: each reader opens only its own shards (or, when
 there are fewer shards than readers, every reader skims all shards and keeps its own samples).
@@ -38,9 +38,7 @@ def prefix_examples(user: int, seq: np.ndarray, max_history: int) -> Iterator[Ex
         yield {"user": user, "history": seq[max(0, t - max_history) : t], "target": int(seq[t])}
 
 
-def _shuffled(
-    examples: Iterator[Example], size: int, rng: np.random.Generator
-) -> Iterator[Example]:
+def shuffled(examples: Iterator[Example], size: int, rng: np.random.Generator) -> Iterator[Example]:
     """A local shuffle buffer: streams stay streams, yet neighbours in a shard get mixed."""
     buffer: list[Example] = []
     for example in examples:
@@ -118,7 +116,7 @@ class TrainExamples(IterableDataset):
         if self.shuffle_buffer <= 1:
             return examples
         rng = np.random.default_rng([self.seed, self.epoch, reader])
-        return _shuffled(examples, self.shuffle_buffer, rng)
+        return shuffled(examples, self.shuffle_buffer, rng)
 
 
 def collate(examples: list[Example], pad: int = -1) -> dict[str, torch.Tensor]:
@@ -151,36 +149,6 @@ def length_grouped(
         batches = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
         for index in rng.permutation(len(batches)):
             yield batches[index]
-
-
-class TrainBatches(IterableDataset):
-    """Collated, length-grouped batches of TrainExamples, for `DataLoader(batch_size=None)`."""
-
-    def __init__(self, examples: TrainExamples, batch_size: int, pool_batches: int = 32):
-        self.examples, self.batch_size, self.pool_batches = examples, batch_size, pool_batches
-
-    def set_epoch(self, epoch: int) -> None:
-        self.examples.set_epoch(epoch)
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        worker, _ = _loader_worker()
-        ex = self.examples
-        rng = np.random.default_rng([ex.seed, ex.epoch, ex.rank, worker, 1])
-        for batch in length_grouped(iter(self.examples), self.batch_size, self.pool_batches, rng):
-            yield collate(batch)
-
-
-def _decode_sample(row: dict[str, Any]) -> dict[str, Any]:
-    return {"user": int(row["__key__"]), "items": row["items.npy"].astype(np.int32)}
-
-
-def ray_train_sequences(data_dir: str | Path, shuffle_files: bool = True) -> "ray.data.Dataset":
-    """Per-user training sequences as a Ray Dataset, ready for `streaming_split`."""
-    import ray.data
-
-    paths = [str(p) for p in shard_paths(data_dir)]
-    ds = ray.data.read_webdataset(paths, decoder=True, shuffle="files" if shuffle_files else None)
-    return ds.map(_decode_sample)
 
 
 def ray_eval_examples(data_dir: str | Path, split: str) -> "ray.data.Dataset":

@@ -60,7 +60,6 @@ class TrainerConfig:
     zero_stage: int = 0
     precision: Precision = Precision.auto
     device: str = "auto"
-    loader_workers: int = 0
     shuffle_buffer: int = 4096
     log_every: int = 20
     model: ModelOptions = field(default_factory=ModelOptions)

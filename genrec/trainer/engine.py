@@ -117,3 +117,13 @@ def build_engine(model: nn.Module, trainer: DictConfig, total_steps: int, device
         config=deepspeed_config(trainer, world_size, device),
     )
     return engine
+
+
+def full_state_dict(engine) -> dict[str, torch.Tensor]:
+    """The whole model's weights on every rank; under ZeRO-3 all ranks must call it together."""
+    if engine.zero_optimization_partition_weights():
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
+            return {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
+    return engine.module.state_dict()

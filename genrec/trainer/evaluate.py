@@ -24,7 +24,7 @@ from genrec.trainer.beam_search import beam_search
 from genrec.trainer.checkpoint import load_model
 from genrec.trainer.engine import resolve_device
 from genrec.trainer.item_codes import ItemCodes
-from genrec.trainer.model import GenerativeRecommender
+from genrec.trainer.model import GenerativeRecommender, code_cross_entropy
 from genrec.trainer.trie import ItemTrie
 
 log = logging.getLogger(__name__)
@@ -41,15 +41,21 @@ def left_padded(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> to
     return torch.as_tensor(padded, dtype=torch.long)
 
 
+def take_rows(split: EvalSet, rows: np.ndarray) -> EvalSet:
+    """The given users of a split, in the order given."""
+    starts, stops = split.offsets[rows], split.offsets[rows + 1]
+    offsets = np.concatenate([[0], np.cumsum(stops - starts)])
+    parts = [split.history[a:b] for a, b in zip(starts, stops, strict=True)]
+    history = np.concatenate(parts) if parts else split.history[:0]
+    return EvalSet(split.name, split.users[rows], offsets, history, split.targets[rows])
+
+
 def subsample(split: EvalSet, users: int, seed: int) -> EvalSet:
     """A fixed random subset of a split (all of it when users <= 0), order kept."""
     if users <= 0 or users >= split.users.size:
         return split
     rows = np.sort(np.random.default_rng(seed).choice(split.users.size, users, replace=False))
-    starts, stops = split.offsets[rows], split.offsets[rows + 1]
-    offsets = np.concatenate([[0], np.cumsum(stops - starts)])
-    history = np.concatenate([split.history[a:b] for a, b in zip(starts, stops, strict=True)])
-    return EvalSet(split.name, split.users[rows], offsets, history, split.targets[rows])
+    return take_rows(split, rows)
 
 
 @torch.no_grad()
@@ -77,6 +83,26 @@ def split_metrics(
         ranks.append(ranks_in_lists(items.cpu().numpy(), split.targets[rows]))
     model.train(was_training)
     return ranking_metrics(np.concatenate(ranks), tuple(k for k in KS if k <= beam_size))
+
+
+@torch.no_grad()
+def split_loss(
+    model: GenerativeRecommender, codes: ItemCodes, split: EvalSet, batch_size: int
+) -> float:
+    """Teacher-forced cross-entropy of the split's targets: a smooth signal beside the ranks."""
+    device = codes.table.device
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for start in range(0, split.targets.size, batch_size):
+        rows = np.arange(start, min(start + batch_size, split.targets.size))
+        history = codes(left_padded(split.offsets, split.history, rows).to(device))
+        target = codes(torch.as_tensor(split.targets[rows], device=device))
+        user = torch.as_tensor(split.users[rows], device=device)
+        logits = model(history, target, user if model.config.num_user_buckets else None)
+        total += code_cross_entropy(logits, target).item() * rows.size
+    model.train(was_training)
+    return total / max(split.targets.size, 1)
 
 
 def evaluate_checkpoint(

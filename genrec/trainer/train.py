@@ -1,46 +1,45 @@
-"""`genrec train`: the generative recommender's training loop around a DeepSpeed engine.
+"""The generative recommender's training loop around a DeepSpeed engine: one rank of many.
 
 Every prefix of a user's training sequence predicts its next item. The loop validates every
-`trainer.eval_every` optimizer steps with constrained beam search, keeps the weights with the
-best validation NDCG@10, stops after `trainer.patience` validations without progress, and saves
-DeepSpeed checkpoints as it goes. Outputs in the stage folder: `model.pt` (the selected
-weights) and `train.json` (validation history, throughput, config, code version), both written
-atomically, and per-fingerprint working files under `work/<fingerprint>/` (TensorBoard logs,
-DeepSpeed checkpoints). The test split is never read here.
+`trainer.eval_every` optimizer steps with constrained beam search (each rank scores a slice of
+the validation users), keeps the weights with the best validation NDCG@10, stops after
+`trainer.patience` validations without progress, and checkpoints as it goes. Where the batches
+come from and where checkpoints go is the caller's business (genrec/cluster/train_job.py runs
+it on Ray Train). The test split is never read here.
 """
 
 import json
 import logging
 import math
-import shutil
 import time
-from contextlib import closing
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.distributed as dist
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from genrec.data_pipeline.prepare import load_manifest
-from genrec.data_pipeline.streaming import TrainBatches, TrainExamples
 from genrec.errors import ConfigError
 from genrec.provenance import code_version, file_digest, fingerprint, to_plain, write_json
 from genrec.tokenizers.cf_training import load_eval_set
 from genrec.tokenizers.tokenize import REPORT, SEMANTIC_IDS
-from genrec.trainer.checkpoint import save_model
-from genrec.trainer.engine import build_engine, resolve_device
-from genrec.trainer.evaluate import split_metrics, subsample
+from genrec.trainer.checkpoint import load_model, save_model
+from genrec.trainer.engine import build_engine, full_state_dict, resolve_device
+from genrec.trainer.evaluate import split_loss, split_metrics, subsample, take_rows
 from genrec.trainer.item_codes import ItemCodes
 from genrec.trainer.model import GenerativeRecommender, ModelConfig, code_cross_entropy
 from genrec.trainer.trie import ItemTrie
 
 MODEL_FILE = "model.pt"
-BEST_FILE = "best.pt"
 SUMMARY_FILE = "train.json"
+STATE_FILE = "state.json"
+DEEPSPEED_TAG = "deepspeed"
 SELECT_METRIC = "ndcg@10"
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 
@@ -67,11 +66,14 @@ def model_config(cfg: DictConfig, codes: ItemCodes) -> ModelConfig:
 
 
 def train_fingerprint(cfg: DictConfig, data_dir: Path, tokenizer_dir: Path) -> str:
+    """Everything the trained weights depend on, the worker count included (it sets the order
+    in which the shards reach the model)."""
     tokenizer = json.loads((tokenizer_dir / REPORT).read_text())["fingerprint"]
     return fingerprint(
         load_manifest(data_dir)["fingerprint"],
         tokenizer,
         to_plain(cfg.trainer),
+        cfg.cluster.num_workers,
         cfg.data.max_history,
         cfg.evaluate.beam_size,
         cfg.evaluate.valid_users,
@@ -104,7 +106,6 @@ class Progress:
     """What the loop knows about itself; saved into checkpoints and train.json."""
 
     step: int = 0
-    epoch: int = 0
     samples: int = 0
     train_seconds: float = 0.0
     best_step: int = 0
@@ -139,10 +140,10 @@ class Meter:
 
 
 class Loop:
-    """One training run: engine, data, validation and bookkeeping."""
+    """One rank's training: engine, validation slice, best weights and bookkeeping."""
 
-    def __init__(self, cfg: DictConfig, data_dir: Path, tokenizer_dir: Path, work: Path, key: str):
-        self.cfg, self.trainer, self.work = cfg, cfg.trainer, work
+    def __init__(self, cfg: DictConfig, data_dir: Path, tokenizer_dir: Path, key: str):
+        self.cfg, self.trainer = cfg, cfg.trainer
         self.provenance = {
             "fingerprint": key,
             "semantic_ids": file_digest(tokenizer_dir / "items" / SEMANTIC_IDS),
@@ -153,33 +154,24 @@ class Loop:
         self.codes = item_codes(cfg, data_dir, tokenizer_dir).to(self.device)
         self.trie = ItemTrie.from_codes(self.codes.table.cpu()).to(self.device)
         torch.manual_seed(cfg.seed)
-        self.model = GenerativeRecommender(model_config(cfg, self.codes))
-        manifest = load_manifest(data_dir)
-        self.steps_per_epoch = math.ceil(manifest["num_train_examples"] / self.trainer.batch_size)
-        total = self.steps_per_epoch * self.trainer.epochs
-        self.engine = build_engine(self.model, self.trainer, total, self.device)
-        examples = TrainExamples(
-            data_dir,
-            cfg.data.max_history,
-            rank=self.engine.global_rank,
-            world_size=self.engine.world_size,
-            seed=cfg.seed,
-            shuffle_buffer=self.trainer.shuffle_buffer,
-        )
-        self.batches = TrainBatches(examples, self.trainer.micro_batch_size)
-        valid = load_eval_set(data_dir, "valid")
-        self.valid = subsample(valid, cfg.evaluate.valid_users, cfg.seed)
+        config = model_config(cfg, self.codes)
+        self.model = GenerativeRecommender(config)
+        self.eval_model = GenerativeRecommender(config).to(self.device)
+        self.best_model = GenerativeRecommender(config)
+        self.examples_per_epoch = load_manifest(data_dir)["num_train_examples"]
+        epochs = self.examples_per_epoch * self.trainer.epochs
+        self.total_steps = math.ceil(epochs / self.trainer.batch_size)
+        self.engine = build_engine(self.model, self.trainer, self.total_steps, self.device)
+        self.rank, self.world_size = self.engine.global_rank, self.engine.world_size
+        valid = subsample(load_eval_set(data_dir, "valid"), cfg.evaluate.valid_users, cfg.seed)
+        if valid.users.size < self.world_size:
+            raise ConfigError(
+                f"{valid.users.size} validation users cannot be shared by "
+                f"{self.world_size} workers (evaluate.valid_users, cluster.num_workers)"
+            )
+        self.valid = take_rows(valid, np.arange(self.rank, valid.users.size, self.world_size))
         self.peak = peak_flops(self.device)
         self.progress = Progress()
-
-    def loader(self) -> DataLoader:
-        self.batches.set_epoch(self.progress.epoch)
-        return DataLoader(
-            self.batches,
-            batch_size=None,
-            num_workers=self.trainer.loader_workers,
-            pin_memory=self.device.type == "cuda",
-        )
 
     def micro_step(self, batch: dict[str, torch.Tensor]) -> float:
         history = self.codes(batch["history"].to(self.device, non_blocking=True))
@@ -191,136 +183,137 @@ class Loop:
         self.engine.step()
         return loss.item()
 
-    def validate(self, writer: SummaryWriter) -> bool:
-        """Scores the validation users; True when patience has run out."""
+    def everyone_has(self, batch: dict | None) -> int:
+        """The examples in this micro-step over all ranks, or 0 once any rank has run dry:
+        ranks get different numbers of examples, and one rank alone would hang."""
+        size = 0 if batch is None else batch["history"].size(0)
+        counts = torch.tensor([batch is not None, size], dtype=torch.int64, device=self.device)
+        dist.all_reduce(counts)
+        return int(counts[1]) if int(counts[0]) == self.world_size else 0
+
+    def mean_over_ranks(self, metrics: dict[str, float], count: int) -> dict[str, float]:
+        keys = sorted(metrics)
+        sums = [metrics[k] * count for k in keys] + [count]
+        sums = torch.tensor(sums, dtype=torch.float64, device=self.device)
+        dist.all_reduce(sums)
+        return {k: float(v) for k, v in zip(keys, (sums[:-1] / sums[-1]).tolist(), strict=True)}
+
+    def validate(self, writer: SummaryWriter | None) -> dict[str, float]:
+        """Validation metrics over all ranks' users, the same on every rank."""
         p = self.progress
-        metrics = split_metrics(
-            self.engine.module,
+        self.eval_model.load_state_dict(full_state_dict(self.engine))
+        batch = self.cfg.evaluate.batch_size
+        local = split_metrics(
+            self.eval_model,
             self.codes,
             self.trie,
             self.valid,
             self.cfg.evaluate.beam_size,
-            self.cfg.evaluate.batch_size,
+            batch,
             progress=False,
         )
-        for key, value in metrics.items():
-            writer.add_scalar(f"valid/{key}", value, p.step)
-        p.history.append({"step": p.step, "epoch": p.epoch, **metrics})
+        local["loss"] = split_loss(self.eval_model, self.codes, self.valid, batch)
+        metrics = self.mean_over_ranks(local, int(self.valid.users.size))
+        if writer is not None:
+            for key, value in metrics.items():
+                writer.add_scalar(f"valid/{key}", value, p.step)
+        p.history.append({"step": p.step, "epoch": self.epoch(), **metrics})
         if metrics[SELECT_METRIC] > p.best[SELECT_METRIC]:
             p.best, p.best_step, p.stale = metrics, p.step, 0
-            save_model(
-                self.engine.module,
-                self.work / BEST_FILE,
-                step=p.step,
-                valid=metrics,
-                **self.provenance,
-            )
+            self.best_model.load_state_dict(self.eval_model.state_dict())
         else:
             p.stale += 1
-        log.info(
-            "step %d: valid recall@10 %.4f ndcg@10 %.4f (best %.4f at step %d)",
-            p.step,
-            metrics["recall@10"],
-            metrics[SELECT_METRIC],
-            p.best[SELECT_METRIC],
-            p.best_step,
-        )
-        if self.trainer.checkpoint_every == 0:
-            self.checkpoint()
-        return p.stale >= self.trainer.patience
+        if self.rank == 0:
+            log.info(
+                "step %d: valid recall@10 %.4f ndcg@10 %.4f (best %.4f at step %d)",
+                p.step,
+                metrics["recall@10"],
+                metrics[SELECT_METRIC],
+                p.best[SELECT_METRIC],
+                p.best_step,
+            )
+        return metrics
 
-    def checkpoint(self) -> None:
-        """A DeepSpeed checkpoint (all ranks), keeping the newest `keep_checkpoints`."""
-        folder = self.work / "checkpoints"
-        state = {k: v for k, v in vars(self.progress).items() if k != "history"}
-        self.engine.save_checkpoint(
-            str(folder), tag=f"step-{self.progress.step:08d}", client_state=state
-        )
-        if self.engine.global_rank == 0:
-            for old in sorted(folder.glob("step-*"))[: -self.trainer.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+    def epoch(self) -> float:
+        return round(self.progress.samples / self.examples_per_epoch, 3)
 
-    def log_rates(self, writer: SummaryWriter, meter: Meter, loss: float) -> None:
+    def save(self, folder: Path, position: dict[str, Any]) -> None:
+        """This rank's DeepSpeed state; rank 0 adds the loop's state and the best weights."""
+        self.engine.save_checkpoint(str(folder), tag=DEEPSPEED_TAG)
+        if self.rank == 0:
+            state = {"progress": asdict(self.progress), "position": position}
+            write_json(folder / STATE_FILE, {**state, **self.provenance})
+            if self.progress.best_step:
+                self.save_best(folder / MODEL_FILE)
+
+    def save_best(self, path: Path) -> None:
+        p = self.progress
+        save_model(self.best_model, path, step=p.best_step, valid=p.best, **self.provenance)
+
+    def restore(self, folder: Path) -> dict[str, Any]:
+        """Loads a checkpoint written by `save` and returns the data position stored in it."""
+        self.engine.load_checkpoint(str(folder), tag=DEEPSPEED_TAG)
+        state = json.loads((folder / STATE_FILE).read_text())
+        self.progress = Progress(**state["progress"])
+        if (folder / MODEL_FILE).exists():
+            self.best_model.load_state_dict(load_model(folder / MODEL_FILE)[0].state_dict())
+        return state["position"]
+
+    def log_rates(self, writer: SummaryWriter | None, meter: Meter, loss: float) -> None:
+        """Samples/s of every rank and in total (a collective: all ranks call it)."""
         step, rates = self.progress.step, meter.rates()
+        per_rank = [None] * self.world_size
+        dist.all_gather_object(per_rank, rates["samples_per_s"])
+        meter.reset()
+        if writer is None:
+            return
         writer.add_scalar("train/loss", loss, step)
         writer.add_scalar("train/lr", self.engine.get_lr()[0], step)
-        writer.add_scalar("perf/samples_per_s", rates["samples_per_s"], step)
-        writer.add_scalar("perf/tokens_per_s", rates["tokens_per_s"], step)
+        writer.add_scalar("perf/samples_per_s", sum(per_rank), step)
+        for rank, value in enumerate(per_rank):
+            writer.add_scalar(f"perf/samples_per_s_rank{rank}", value, step)
+        writer.add_scalar("perf/tokens_per_s", rates["tokens_per_s"] * self.world_size, step)
         if self.peak is not None:
             flops = self.model.flops_per_example(max(1, round(rates["mean_history"])))
-            writer.add_scalar("perf/mfu", rates["samples_per_s"] * flops / self.peak, step)
-        meter.reset()
+            mfu = sum(per_rank) * flops / (self.peak * self.world_size)
+            writer.add_scalar("perf/mfu", mfu, step)
 
-    def run(self, writer: SummaryWriter) -> Progress:
-        p, meter = self.progress, Meter()
-        total = self.steps_per_epoch * self.trainer.epochs
+    def run(
+        self,
+        batches: Iterator[dict[str, Any]],
+        trained: Callable[[dict[str, Any]], None],
+        checkpoint: Callable[[dict[str, float]], None],
+        writer: SummaryWriter | None,
+    ) -> Progress:
+        """Trains until the stream ends or patience runs out; `trained(batch)` after each
+        micro-step, `checkpoint(metrics)` every `checkpoint_every` steps (0: each validation)."""
+        p, meter, every = self.progress, Meter(), self.trainer.checkpoint_every
         self.engine.module.train()
-        with tqdm(total=total, desc="train", unit="step") as bar:
-            while p.epoch < self.trainer.epochs:
-                for batch in self.loader():
-                    started = time.perf_counter()
-                    loss = self.micro_step(batch)
-                    p.train_seconds += time.perf_counter() - started
-                    meter.add(batch["history"], self.model.config.codes_per_item)
-                    p.samples += batch["history"].size(0)
-                    if self.engine.global_steps == p.step:
-                        continue
-                    p.step = self.engine.global_steps
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.3f}", best=f"{p.best[SELECT_METRIC]:.4f}")
-                    if p.step % self.trainer.log_every == 0:
-                        self.log_rates(writer, meter, loss)
-                    every = self.trainer.checkpoint_every
-                    if every and p.step % every == 0:
-                        self.checkpoint()
-                    if p.step % self.trainer.eval_every == 0 and self.validate(writer):
-                        return p
-                p.epoch += 1
-                if p.step % self.trainer.eval_every and self.validate(writer):
-                    return p
+        bar = tqdm(total=self.total_steps, initial=p.step, desc="train", unit="step", mininterval=5)
+        bar.disable = self.rank != 0
+        stop, loss = False, float("nan")
+        while not stop and (examples := self.everyone_has(batch := next(batches, None))):
+            started = time.perf_counter()
+            loss = self.micro_step(batch)
+            trained(batch)
+            p.train_seconds += time.perf_counter() - started
+            meter.add(batch["history"], self.model.config.codes_per_item)
+            p.samples += examples
+            if self.engine.global_steps == p.step:
+                continue
+            p.step = self.engine.global_steps
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", best=f"{p.best[SELECT_METRIC]:.4f}")
+            if p.step % self.trainer.log_every == 0:
+                self.log_rates(writer, meter, loss)
+            metrics = {"step": p.step, "train_loss": loss, "epoch": self.epoch()}
+            validated = p.step % self.trainer.eval_every == 0
+            if validated:
+                metrics |= self.validate(writer)
+                stop = p.stale >= self.trainer.patience
+            if p.step % every == 0 if every else validated:
+                checkpoint(metrics)
+        if not p.history or p.history[-1]["step"] != p.step:
+            self.validate(writer)
+        bar.close()
         return p
-
-
-def train(cfg: DictConfig, data_dir: Path, tokenizer_dir: Path, out_dir: Path) -> Path:
-    """Train (or reuse out_dir when data, IDs and config are unchanged) and return out_dir."""
-    check_trainer(cfg.trainer)
-    key = train_fingerprint(cfg, data_dir, tokenizer_dir)
-    try:
-        if json.loads((out_dir / SUMMARY_FILE).read_text())["fingerprint"] == key:
-            log.info("train: reusing %s (fingerprint %s)", out_dir, key)
-            return out_dir
-    except (OSError, ValueError, KeyError):
-        pass
-    work = out_dir / "work" / key
-    loop = Loop(cfg, data_dir, tokenizer_dir, work, key)
-    started = time.perf_counter()
-    with closing(SummaryWriter(str(work / "tb"))) as writer:
-        progress = loop.run(writer)
-    seconds = time.perf_counter() - started
-    partial = out_dir / f".{MODEL_FILE}.tmp"
-    shutil.copyfile(work / BEST_FILE, partial)
-    partial.replace(out_dir / MODEL_FILE)
-    write_json(
-        out_dir / SUMMARY_FILE,
-        {
-            "best_step": progress.best_step,
-            "valid": progress.best,
-            "steps": progress.step,
-            "epochs": progress.epoch,
-            "samples": progress.samples,
-            "seconds": round(seconds, 1),
-            "train_samples_per_s": round(progress.samples / progress.train_seconds, 1),
-            "parameters": loop.model.num_parameters(),
-            "model": vars(loop.model.config),
-            "validations": progress.history,
-            "tensorboard": str(work / "tb"),
-            **loop.provenance,
-        },
-    )
-    log.info(
-        "train: best valid ndcg@10 %.4f at step %d -> %s",
-        progress.best[SELECT_METRIC],
-        progress.best_step,
-        out_dir,
-    )
-    return out_dir

@@ -1,0 +1,71 @@
+"""Connecting to Ray and making sure the requested workers can be scheduled at all."""
+
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import ray
+from omegaconf import DictConfig
+
+from genrec.errors import ConfigError
+
+log = logging.getLogger(__name__)
+POLL_SECONDS = 2.0
+
+
+def worker_bundle(cluster: DictConfig) -> dict[str, float]:
+    """One worker's resources, as Ray Train will request them."""
+    bundle = {"CPU": 1.0, **({"GPU": 1.0} if cluster.use_gpu else {})}
+    return {**bundle, **cluster.resources_per_worker}
+
+
+@contextmanager
+def ray_session(cluster: DictConfig) -> Iterator[None]:
+    """Joins `cluster.address` (or RAY_ADDRESS), else starts a local instance for the run.
+
+    The local instance gets a CPU more than the workers need, so Ray Data's read tasks are
+    never starved by the training workers, and a dashboard, which serves Ray's state API.
+    """
+    if ray.is_initialized():
+        yield
+        return
+    address = cluster.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        cpus = worker_bundle(cluster)["CPU"] * cluster.num_workers + 1
+        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus)), include_dashboard=True)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def workers_that_fit(bundle: dict[str, float]) -> int:
+    """How many worker bundles the alive nodes can hold (a bundle never spans nodes)."""
+    total = 0
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        have = node.get("Resources", {})
+        total += min(int(have.get(key, 0.0) // need) for key, need in bundle.items() if need > 0)
+    return total
+
+
+def require_resources(cluster: DictConfig) -> None:
+    """Waits up to `schedule_timeout_s` for room for every worker, then fails with a message
+    naming what is missing, instead of the run waiting for resources forever."""
+    bundle = worker_bundle(cluster)
+    deadline = time.monotonic() + cluster.schedule_timeout_s
+    while (fit := workers_that_fit(bundle)) < cluster.num_workers:
+        if time.monotonic() >= deadline:
+            raise ConfigError(
+                f"cannot schedule cluster.num_workers={cluster.num_workers} workers of {bundle}: "
+                f"the cluster's nodes hold {fit} (resources: {ray.cluster_resources()}); lower "
+                "cluster.num_workers or cluster.resources_per_worker, or add nodes"
+            )
+        log.info("waiting for resources: %d of %d workers fit", fit, cluster.num_workers)
+        time.sleep(POLL_SECONDS)

@@ -1,0 +1,220 @@
+"""`genrec train` as a Ray Train job: a TorchTrainer whose workers each drive one DeepSpeed rank.
+
+The driver lays out the data stream (genrec/data_pipeline/ray_ingest.py), starts the run and
+copies the selected weights out of its final checkpoint. Each worker builds the training loop,
+resumes from the run's latest checkpoint if there is one, and reports a checkpoint (DeepSpeed
+state of every rank, the loop's state, the data position and the best weights) every
+`trainer.checkpoint_every` steps, so a restarted or re-submitted run continues mid-epoch.
+"""
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from contextlib import closing, nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig
+from ray.data import DataContext
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+from torch.utils.tensorboard import SummaryWriter
+
+from genrec.cluster.runtime import ray_session, require_resources
+from genrec.config import config_from_dict
+from genrec.data_pipeline.ray_ingest import (
+    DataPosition,
+    PositionBoard,
+    PositionTracker,
+    merge_positions,
+    stream_batches,
+    training_stream,
+    unit_sizes,
+)
+from genrec.provenance import to_plain, write_json
+from genrec.trainer.train import (
+    MODEL_FILE,
+    SELECT_METRIC,
+    SUMMARY_FILE,
+    Loop,
+    check_trainer,
+    train_fingerprint,
+)
+
+log = logging.getLogger(__name__)
+SEQUENCES_PER_READ = 256
+REPORT_POLL_SECONDS = 5.0
+
+
+class Worker:
+    """One Ray Train worker: the loop plus the Ray side (data shard, checkpoints, reports)."""
+
+    def __init__(self, job: dict[str, Any]):
+        self.cfg: DictConfig = config_from_dict(job["cfg"])
+        self.board, self.storage = job["board"], Path(job["storage"])
+        self.data_dir = Path(job["data_dir"])
+        context = ray.train.get_context()
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
+        self.loop = Loop(self.cfg, self.data_dir, Path(job["tokenizer_dir"]), job["key"])
+        self.sizes = unit_sizes(self.data_dir, self.cfg.trainer.epochs, self.cfg.seed)
+        self.position = DataPosition()
+        self.tracker = PositionTracker()
+        self.attempt = 0
+
+    @property
+    def rank(self) -> int:
+        return self.loop.rank
+
+    def resume(self) -> int:
+        """Restores the latest checkpoint, publishes its data position; returns the attempt."""
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                self.position = DataPosition.from_json(self.loop.restore(Path(folder)))
+        attempt = [0]
+        if self.rank == 0:
+            start = self.board.start.remote(self.position.to_json(), self.loop.progress.step)
+            attempt[0] = ray.get(start)
+        dist.broadcast_object_list(attempt, src=0)
+        return attempt[0]
+
+    def trained(self, batch: dict[str, Any]) -> None:
+        self.tracker.trained(batch["source"])
+        drill = self.cfg.cluster.fail_at_step
+        last = self.loop.world_size - 1
+        if drill and self.attempt == 1 and self.rank == last and self.loop.progress.step >= drill:
+            # Ray collects reports by polling the workers; give it time to see the last one, so
+            # the drill tests restarting from the newest checkpoint rather than that race.
+            time.sleep(REPORT_POLL_SECONDS)
+            log.error("fault-tolerance drill: worker %d exits at step %d", self.rank, drill)
+            os._exit(1)
+
+    def checkpoint(self, metrics: dict[str, float], final: bool = False) -> None:
+        """Every rank saves its DeepSpeed state and reports it; Ray merges them into one folder."""
+        workers = [None] * self.loop.world_size
+        dist.all_gather_object(workers, self.tracker.local())
+        position = merge_positions(self.position, workers, self.sizes)
+        self.position = position
+        self.tracker.rows.clear()
+        with tempfile.TemporaryDirectory() as folder:
+            self.loop.save(Path(folder), position.to_json())
+            if final and self.rank == 0:
+                write_json(Path(folder) / SUMMARY_FILE, self.summary())
+            report = {**metrics, "rank": self.rank, "samples": self.loop.progress.samples}
+            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    def summary(self) -> dict[str, Any]:
+        p, loop = self.loop.progress, self.loop
+        return {
+            "best_step": p.best_step,
+            "valid": p.best,
+            "steps": p.step,
+            "epochs": loop.epoch(),
+            "samples": p.samples,
+            "train_samples_per_s": round(p.samples / max(p.train_seconds, 1e-9), 1),
+            "workers": loop.world_size,
+            "zero_stage": self.cfg.trainer.zero_stage,
+            "parameters": loop.model.num_parameters(),
+            "model": vars(loop.model.config),
+            "validations": p.history,
+            "tensorboard": str(self.storage / "tensorboard"),
+            **loop.provenance,
+        }
+
+    def batches(self):
+        shard = ray.train.get_dataset_shard("train")
+        sequences = shard.iter_batches(batch_size=SEQUENCES_PER_READ, batch_format="numpy")
+        rng = np.random.default_rng([self.cfg.seed, self.attempt, self.rank])
+        trainer = self.cfg.trainer
+        return stream_batches(
+            sequences,
+            self.tracker,
+            self.cfg.data.max_history,
+            trainer.micro_batch_size,
+            trainer.shuffle_buffer,
+            rng,
+        )
+
+    def run(self) -> None:
+        self.attempt = self.resume()
+        writer = SummaryWriter(str(self.storage / "tensorboard")) if self.rank == 0 else None
+        with closing(writer) if writer else nullcontext():
+            progress = self.loop.run(self.batches(), self.trained, self.checkpoint, writer)
+        self.checkpoint({"step": progress.step, **progress.best}, final=True)
+
+
+def train_loop_per_worker(job: dict[str, Any]) -> None:
+    Worker(job).run()
+
+
+def run_name(cfg: DictConfig, key: str) -> str:
+    return cfg.cluster.name or f"genrec-train-{key}"
+
+
+def train(cfg: DictConfig, data_dir: Path, tokenizer_dir: Path, out_dir: Path) -> Path:
+    """Trains on Ray (or reuses out_dir when data, IDs and config are unchanged); writes
+    `model.pt` (the best-validation weights, consolidated whatever the ZeRO stage) and
+    `train.json` (validation history, throughput, what each attempt read, provenance)."""
+    check_trainer(cfg.trainer)
+    key = train_fingerprint(cfg, data_dir, tokenizer_dir)
+    try:
+        if json.loads((out_dir / SUMMARY_FILE).read_text())["fingerprint"] == key:
+            log.info("train: reusing %s (fingerprint %s)", out_dir, key)
+            return out_dir
+    except (OSError, ValueError, KeyError):
+        pass
+    cluster = cfg.cluster
+    storage = Path(cluster.storage_path or out_dir / "ray").absolute()
+    name = run_name(cfg, key)
+    with ray_session(cluster):
+        require_resources(cluster)
+        DataContext.get_current().enable_progress_bars = False  # the training bar says enough
+        board = PositionBoard.remote()
+        job = {
+            "cfg": to_plain(cfg),
+            "data_dir": str(Path(data_dir).absolute()),
+            "tokenizer_dir": str(Path(tokenizer_dir).absolute()),
+            "key": key,
+            "board": board,
+            "storage": str(storage / name),
+        }
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=job,
+            torch_config=TorchConfig(backend="nccl" if cluster.use_gpu else "gloo"),
+            scaling_config=ScalingConfig(
+                num_workers=cluster.num_workers,
+                use_gpu=cluster.use_gpu,
+                resources_per_worker=dict(cluster.resources_per_worker) or None,
+            ),
+            run_config=RunConfig(
+                name=name,
+                storage_path=str(storage),
+                failure_config=FailureConfig(max_failures=cluster.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=cfg.trainer.keep_checkpoints),
+            ),
+            datasets={"train": training_stream(data_dir, cfg.trainer.epochs, cfg.seed, board)},
+        )
+        result = trainer.fit()
+        attempts = ray.get(board.history.remote())
+    with result.checkpoint.as_directory() as folder:
+        summary = json.loads((Path(folder) / SUMMARY_FILE).read_text())
+        partial = out_dir / f".{MODEL_FILE}.tmp"
+        shutil.copyfile(Path(folder) / MODEL_FILE, partial)
+    partial.replace(out_dir / MODEL_FILE)
+    summary |= {"ray_run": str(storage / name), "attempts": attempts}
+    write_json(out_dir / SUMMARY_FILE, summary)
+    log.info(
+        "train: best valid ndcg@10 %.4f at step %d -> %s",
+        summary["valid"][SELECT_METRIC],
+        summary["best_step"],
+        out_dir,
+    )
+    return out_dir
