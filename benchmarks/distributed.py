@@ -1,13 +1,14 @@
 """Distributed training on Ray Train + DeepSpeed: worker scaling and ZeRO memory per rank.
 
 Command:
-    python benchmarks/distributed.py [--root runs/bench-distributed] [--workers 1 2]
-        [--memory-preset base] [key=value ...]
+    python benchmarks/distributed.py [key=value ...] [--root runs/bench-distributed]
+        [--workers 1 2] [--memory-preset base]
 
 1. Throughput: `genrec train` on the built-in synthetic data (one epoch, validation only at
    the end) with each worker count in --workers; samples/s is measured inside the loop
    (forward, backward, optimizer step, gradient all-reduce), excluding start-up. The global
-   batch is the same for every worker count.
+   batch is the same for every worker count. cluster.threads_per_worker=1 measures how the
+   workers scale at a fixed per-worker compute (by default workers share the cores).
 2. Memory: on 2 workers, the parameters and optimizer state each rank holds after one
    optimizer step of the --memory-preset model (base: 101 M parameters), per ZeRO stage.
 

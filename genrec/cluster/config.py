@@ -14,6 +14,7 @@ class ClusterConfig:
     fingerprint, so re-submitting the same run resumes it from its last checkpoint.
 
     `resources_per_worker` defaults to Ray Train's (1 CPU, plus 1 GPU with `use_gpu`).
+    `threads_per_worker`: torch's intra-op threads per worker; null shares the node's cores.
     `max_failures` restarts after worker failures (-1: without limit). `schedule_timeout_s`
     bounds the wait for resources (an autoscaler may be adding nodes) before a clear error.
     `fail_at_step` > 0 kills the last worker once at that step: a fault-tolerance drill.
@@ -23,6 +24,7 @@ class ClusterConfig:
     num_workers: int = 1
     use_gpu: bool = False
     resources_per_worker: dict[str, float] = field(default_factory=dict)
+    threads_per_worker: int | None = None
     storage_path: str | None = None
     name: str | None = None
     max_failures: int = 0
