@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from genrec.config import load_config
 from genrec.data_pipeline.prepare import load_manifest
-from genrec.errors import ConfigError, DataError
+from genrec.errors import ConfigError, DataError, TrainingFailed
 
 RESULT_COLUMNS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 
@@ -103,6 +103,6 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cfg = load_config(files, overrides)
         COMMANDS[ns.command][0](cfg)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, TrainingFailed) as err:
         print(f"genrec {ns.command}: error: {err}", file=sys.stderr)
         sys.exit(2)

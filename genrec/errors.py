@@ -11,3 +11,7 @@ class DataError(ValueError):
     def __init__(self, source: str, message: str):
         super().__init__(f"{source}: {message}")
         self.source = source
+
+
+class TrainingFailed(RuntimeError):
+    """A distributed run that ran out of restarts; its checkpoints stay for a resume."""

@@ -13,7 +13,7 @@ import pytest
 from genrec import stages
 from genrec.cluster.train_job import train
 from genrec.config import load_config
-from genrec.errors import ConfigError
+from genrec.errors import ConfigError, TrainingFailed
 from genrec.trainer.evaluate import evaluate_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -112,6 +112,21 @@ def test_killed_worker_restarts_from_its_last_checkpoint(runs):
     assert set(first["read"]) | set(second["read"]) == set(range(24))
     assert 1.9 < summary["epochs"] < 2.8
     assert (out / "model.pt").is_file()
+
+
+def test_a_failed_run_resumes_when_submitted_again(inputs, tmp_path):
+    """Without restarts the drill ends the run; the same command again (same run name and
+    storage) resumes from the step-50 checkpoint instead of starting over."""
+    overrides = [f"run_dir={tmp_path}", *TINY, "trainer.checkpoint_every=10"]
+    overrides += ["trainer.epochs=2", "trainer.shuffle_buffer=64", "cluster.num_workers=2"]
+    failing = load_config([], [*overrides, "cluster.fail_at_step=55"])
+    with pytest.raises(TrainingFailed, match="run the same command again"):
+        train(failing, *inputs, tmp_path / "train")
+    train(load_config([], overrides), *inputs, tmp_path / "train")
+    summary = json.loads((tmp_path / "train" / "train.json").read_text())
+    (attempt,) = summary["attempts"]
+    assert attempt["step"] == 50 and attempt["position"]["done"]
+    assert summary["steps"] >= 90
 
 
 def test_unschedulable_workers_fail_with_a_clear_error(inputs, tmp_path):

@@ -38,6 +38,7 @@ from genrec.data_pipeline.ray_ingest import (
     training_stream,
     unit_sizes,
 )
+from genrec.errors import TrainingFailed
 from genrec.provenance import to_plain, write_json
 from genrec.trainer.train import (
     MODEL_FILE,
@@ -203,7 +204,13 @@ def train(cfg: DictConfig, data_dir: Path, tokenizer_dir: Path, out_dir: Path) -
             ),
             datasets={"train": training_stream(data_dir, cfg.trainer.epochs, cfg.seed, board)},
         )
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except ray.train.TrainingFailedError as err:
+            raise TrainingFailed(
+                f"training failed ({err.__class__.__name__}; worker logs above); its checkpoints "
+                f"are in {storage / name}: run the same command again to resume from the latest"
+            ) from err
         attempts = ray.get(board.history.remote())
     with result.checkpoint.as_directory() as folder:
         summary = json.loads((Path(folder) / SUMMARY_FILE).read_text())
