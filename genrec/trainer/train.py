@@ -289,8 +289,14 @@ class Loop:
         micro-step, `checkpoint(metrics)` every `checkpoint_every` steps (0: each validation)."""
         p, meter, every = self.progress, Meter(), self.trainer.checkpoint_every
         self.engine.module.train()
-        bar = tqdm(total=self.total_steps, initial=p.step, desc="train", unit="step", mininterval=5)
-        bar.disable = self.rank != 0
+        bar = tqdm(
+            total=self.total_steps,
+            initial=p.step,
+            desc="train",
+            unit="step",
+            mininterval=5,
+            disable=self.rank != 0,
+        )
         stop, loss = False, float("nan")
         while not stop and (examples := self.everyone_has(batch := next(batches, None))):
             started = time.perf_counter()
