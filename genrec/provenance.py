@@ -50,6 +50,14 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def made_with(path: str | Path, key: str) -> bool:
+    """True when the JSON record at `path` carries fingerprint `key`: its stage can be reused."""
+    try:
+        return json.loads(Path(path).read_text()).get("fingerprint") == key
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def file_digest(path: str | Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()

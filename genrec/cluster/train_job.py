@@ -39,7 +39,7 @@ from genrec.data_pipeline.ray_ingest import (
     unit_sizes,
 )
 from genrec.errors import TrainingFailed
-from genrec.provenance import to_plain, write_json
+from genrec.provenance import made_with, to_plain, write_json
 from genrec.trainer.train import (
     MODEL_FILE,
     SELECT_METRIC,
@@ -102,11 +102,10 @@ class Worker:
         """Every rank saves its DeepSpeed state and reports it; Ray merges them into one folder."""
         workers = [None] * self.loop.world_size
         dist.all_gather_object(workers, self.tracker.local())
-        position = merge_positions(self.position, workers, self.sizes)
-        self.position = position
+        self.position = merge_positions(self.position, workers, self.sizes)
         self.tracker.rows.clear()
         with tempfile.TemporaryDirectory() as folder:
-            self.loop.save(Path(folder), position.to_json())
+            self.loop.save(Path(folder), self.position.to_json())
             if final and self.rank == 0:
                 write_json(Path(folder) / SUMMARY_FILE, self.summary())
             report = {**metrics, "rank": self.rank, "samples": self.loop.progress.samples}
@@ -166,12 +165,9 @@ def train(cfg: DictConfig, data_dir: Path, tokenizer_dir: Path, out_dir: Path) -
     `train.json` (validation history, throughput, what each attempt read, provenance)."""
     check_trainer(cfg.trainer)
     key = train_fingerprint(cfg, data_dir, tokenizer_dir)
-    try:
-        if json.loads((out_dir / SUMMARY_FILE).read_text())["fingerprint"] == key:
-            log.info("train: reusing %s (fingerprint %s)", out_dir, key)
-            return out_dir
-    except (OSError, ValueError, KeyError):
-        pass
+    if made_with(out_dir / SUMMARY_FILE, key):
+        log.info("train: reusing %s (fingerprint %s)", out_dir, key)
+        return out_dir
     cluster = cfg.cluster
     storage = Path(cluster.storage_path or out_dir / "ray").absolute()
     name = run_name(cfg, key)

@@ -6,7 +6,6 @@ atomically, keyed by a fingerprint so an unchanged rerun is free. Each model sup
 `CFTrainer`: how to train one epoch, score a split and export its vectors.
 """
 
-import json
 import logging
 import math
 from collections.abc import Callable
@@ -29,7 +28,14 @@ from genrec.data_pipeline.prepare import load_manifest
 from genrec.data_pipeline.preprocess import ragged_gather
 from genrec.errors import ConfigError, DataError
 from genrec.metrics import ranking_metrics, target_ranks
-from genrec.provenance import atomic_dir, code_version, fingerprint, to_plain, write_json
+from genrec.provenance import (
+    atomic_dir,
+    code_version,
+    fingerprint,
+    made_with,
+    to_plain,
+    write_json,
+)
 
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.pt"
@@ -205,14 +211,6 @@ def run_fingerprint(data: CFData, model_cfg: DictConfig, seed: int) -> str:
     return fingerprint(data.manifest["fingerprint"], to_plain(model_cfg), seed)
 
 
-def _is_cached(out_dir: Path, key: str) -> bool:
-    try:
-        with open(out_dir / METRICS_FILE) as f:
-            return json.load(f).get("fingerprint") == key
-    except (OSError, ValueError):
-        return False
-
-
 def train_cf_model(
     name: str,
     cfg: DictConfig,
@@ -232,7 +230,7 @@ def train_cf_model(
             raise ConfigError(f"config key '{name}.{key}' must be >= 1, got {model_cfg[key]}")
     data = load_cf_data(data_dir)
     key = run_fingerprint(data, model_cfg, cfg.seed)
-    if _is_cached(out_dir, key):
+    if made_with(out_dir / METRICS_FILE, key):
         log.info("%s: reused %s (fingerprint %s)", name, out_dir, key)
         return out_dir
     torch.manual_seed(cfg.seed)

@@ -25,6 +25,7 @@ from genrec.provenance import (
     code_version,
     file_digest,
     fingerprint,
+    made_with,
     to_plain,
     write_json,
 )
@@ -183,12 +184,9 @@ def tokenize(
         cfg.seed,
         {name: file_digest(path) for name, path in sorted(inputs.items())},
     )
-    try:
-        if json.loads((out_dir / REPORT).read_text())["fingerprint"] == key:
-            log.info("tokenize: reusing %s (fingerprint %s)", out_dir, key)
-            return out_dir
-    except (OSError, ValueError, KeyError):
-        pass
+    if made_with(out_dir / REPORT, key):
+        log.info("tokenize: reusing %s (fingerprint %s)", out_dir, key)
+        return out_dir
     vectors = load_vectors(inputs["items"])
     cf = load_vectors(inputs["cf"], len(vectors)) if "cf" in inputs else None
     with atomic_dir(out_dir) as scratch:
