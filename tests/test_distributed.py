@@ -1,9 +1,7 @@
 """Training on Ray Train with DeepSpeed, for real: local Ray, gloo, CPU DeepSpeed ranks."""
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +14,8 @@ from genrec.config import load_config
 from genrec.errors import ConfigError, TrainingFailed
 from genrec.trainer.evaluate import evaluate_checkpoint
 
-pytestmark = pytest.mark.slow
+# Every run joins the one local Ray instance of the session (see conftest.ray_cluster).
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 
 TINY = [
     "data.synthetic.num_users=300",
@@ -138,35 +137,22 @@ def test_unschedulable_workers_fail_with_a_clear_error(inputs, tmp_path):
         train(cfg, *inputs, tmp_path / "train")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_ray_job_submit_to_a_local_head(inputs, tmp_path):
-    """`ray job submit -- genrec train ...` against a real head started with `ray start`."""
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("RAY_ADDRESS", None)
-    port, dashboard = free_port(), free_port()
-    ray = shutil.which("ray", path=env["PATH"])
-    head = [ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}"]
-    head += ["--num-cpus=3", "--include-dashboard=true", f"--dashboard-port={dashboard}"]
-    subprocess.run(head, env=env, check=True, capture_output=True, timeout=180)
-    try:
-        data_dir, tokenizer_dir = inputs
-        run_dir = tmp_path / "job"
-        shutil.copytree(data_dir, run_dir / "data")
-        shutil.copytree(tokenizer_dir.parent / "features", run_dir / "features")
-        shutil.copytree(tokenizer_dir, run_dir / "tokenizer")
-        submit = [ray, "job", "submit", f"--address=http://127.0.0.1:{dashboard}"]
-        submit += ["--", "genrec", "train", f"run_dir={run_dir}", *TINY, "trainer.eval_every=99"]
-        done = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        assert "succeeded" in done.stdout.lower()
-        summary = json.loads((run_dir / "train" / "train.json").read_text())
-        assert summary["steps"] >= 40 and (run_dir / "train" / "model.pt").is_file()
-        assert summary["ray_run"].startswith(str(run_dir / "train" / "ray"))
-    finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+def test_ray_job_submit(inputs, tmp_path, ray_cluster):
+    """`ray job submit -- genrec train ...` to the head's job server: the job's driver joins
+    that cluster (RAY_ADDRESS) rather than starting one."""
+    data_dir, tokenizer_dir = inputs
+    run_dir = tmp_path / "job"
+    shutil.copytree(data_dir, run_dir / "data")
+    shutil.copytree(tokenizer_dir.parent / "features", run_dir / "features")
+    shutil.copytree(tokenizer_dir, run_dir / "tokenizer")
+    bin_dir = Path(sys.executable).parent
+    submit = [str(bin_dir / "ray"), "job", "submit", f"--address={ray_cluster}", "--"]
+    submit += [str(bin_dir / "genrec"), "train", f"run_dir={run_dir}", *TINY]
+    done = subprocess.run(
+        [*submit, "trainer.eval_every=99"], capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "succeeded" in done.stdout.lower()
+    summary = json.loads((run_dir / "train" / "train.json").read_text())
+    assert summary["steps"] >= 40 and (run_dir / "train" / "model.pt").is_file()
+    assert summary["ray_run"].startswith(str(run_dir / "train" / "ray"))

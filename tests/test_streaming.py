@@ -5,13 +5,28 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import ray
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
 from genrec.data_pipeline.prepare import load_manifest, prepare
+from genrec.data_pipeline.ray_ingest import (
+    DataPosition,
+    PositionBoard,
+    PositionTracker,
+    merge_positions,
+    stream_batches,
+    training_stream,
+    unit_sizes,
+)
 from genrec.data_pipeline.shards import read_shard
-from genrec.data_pipeline.streaming import TrainExamples, collate, shard_paths
+from genrec.data_pipeline.streaming import (
+    TrainExamples,
+    collate,
+    ray_eval_examples,
+    shard_paths,
+)
 from genrec.errors import DataError
 
 
@@ -131,58 +146,42 @@ def key_of(row):
     return row["unit"], row["row"]
 
 
-def test_ray_stream_splits_resumes_and_skips_finished_shards(data_dir):
+def test_ray_stream_splits_resumes_and_skips_finished_shards(data_dir, ray_cluster):
     """Two consumers of a streaming_split see every (epoch, user) once; a stream resumed from
     a position opens no finished unit and repeats no row trained on."""
-    ray = pytest.importorskip("ray")
-    from genrec.data_pipeline.ray_ingest import (
-        DataPosition,
-        PositionBoard,
-        PositionTracker,
-        merge_positions,
-        stream_batches,
-        training_stream,
-        unit_sizes,
+    board = PositionBoard.remote()
+    sizes = unit_sizes(data_dir, epochs=2, seed=0)
+    ray.get(board.start.remote(DataPosition().to_json(), 0))
+    halves = training_stream(data_dir, 2, 0, board).streaming_split(2, equal=False)
+
+    def consume(it):  # split iterators advance together, so each needs its own consumer
+        return [
+            (int(u), int(r))
+            for b in it.iter_batches()
+            for u, r in zip(b["unit"], b["row"], strict=True)
+        ]
+
+    with ThreadPoolExecutor(2) as pool:
+        rows = list(pool.map(consume, halves))
+    assert set(rows[0]).isdisjoint(rows[1])
+    assert len(rows[0]) + len(rows[1]) == sum(sizes) == 2 * load_manifest(data_dir)["num_users"]
+
+    tracker = PositionTracker()
+    stream = sorted(training_stream(data_dir, 2, 0, board).take_all(), key=key_of)
+    trained = [r for r in stream if r["unit"] == 0] + [r for r in stream if r["unit"] == 1][:20]
+    block = {k: [r[k] for r in trained] for k in trained[0]}
+    for batch in stream_batches([block], tracker, 4, 16, 0, np.random.default_rng(0)):
+        tracker.trained(batch["source"])
+    position = merge_positions(DataPosition(), [tracker.local()], sizes)
+    assert position.done == [0] and sum(map(len, position.rows.values())) == 20
+    ray.get(board.start.remote(position.to_json(), 1))
+    rest = training_stream(data_dir, 2, 0, board).take_all()
+    again = {(r["unit"], r["row"]) for r in rest}
+    assert len(again) == sum(sizes) - len(trained)
+    assert not again & {(u, r) for u, rows in position.rows.items() for r in rows}
+    valid = ray_eval_examples(data_dir, "valid")
+    assert valid.count() == load_manifest(data_dir)["num_valid_examples"]
+    attempts = ray.get(board.history.remote())
+    assert 0 not in attempts[-1]["read"] and sorted(attempts[-1]["read"]) == list(
+        range(1, len(sizes))
     )
-    from genrec.data_pipeline.streaming import ray_eval_examples
-
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
-    try:
-        board = PositionBoard.remote()
-        sizes = unit_sizes(data_dir, epochs=2, seed=0)
-        ray.get(board.start.remote(DataPosition().to_json(), 0))
-        halves = training_stream(data_dir, 2, 0, board).streaming_split(2, equal=False)
-
-        def consume(it):  # split iterators advance together, so each needs its own consumer
-            return [
-                (int(u), int(r))
-                for b in it.iter_batches()
-                for u, r in zip(b["unit"], b["row"], strict=True)
-            ]
-
-        with ThreadPoolExecutor(2) as pool:
-            rows = list(pool.map(consume, halves))
-        assert set(rows[0]).isdisjoint(rows[1])
-        assert len(rows[0]) + len(rows[1]) == sum(sizes) == 2 * load_manifest(data_dir)["num_users"]
-
-        tracker = PositionTracker()
-        stream = sorted(training_stream(data_dir, 2, 0, board).take_all(), key=key_of)
-        trained = [r for r in stream if r["unit"] == 0] + [r for r in stream if r["unit"] == 1][:20]
-        block = {k: [r[k] for r in trained] for k in trained[0]}
-        for batch in stream_batches([block], tracker, 4, 16, 0, np.random.default_rng(0)):
-            tracker.trained(batch["source"])
-        position = merge_positions(DataPosition(), [tracker.local()], sizes)
-        assert position.done == [0] and sum(map(len, position.rows.values())) == 20
-        ray.get(board.start.remote(position.to_json(), 1))
-        rest = training_stream(data_dir, 2, 0, board).take_all()
-        again = {(r["unit"], r["row"]) for r in rest}
-        assert len(again) == sum(sizes) - len(trained)
-        assert not again & {(u, r) for u, rows in position.rows.items() for r in rows}
-        valid = ray_eval_examples(data_dir, "valid")
-        assert valid.count() == load_manifest(data_dir)["num_valid_examples"]
-        attempts = ray.get(board.history.remote())
-        assert 0 not in attempts[-1]["read"] and sorted(attempts[-1]["read"]) == list(
-            range(1, len(sizes))
-        )
-    finally:
-        ray.shutdown()

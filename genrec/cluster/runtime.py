@@ -27,7 +27,9 @@ def ray_session(cluster: DictConfig) -> Iterator[None]:
     """Joins `cluster.address` (or RAY_ADDRESS), else starts a local instance for the run.
 
     The local instance gets a CPU more than the workers need, so Ray Data's read tasks are
-    never starved by the training workers, and a dashboard, which serves Ray's state API.
+    never starved by the training workers, and a dashboard, which serves Ray's state API. It
+    is always a new one (`address="local"`): a bare `ray.init()` would join whatever instance
+    /tmp/ray/ray_current_cluster names, even a dead one, while the user asked for none.
     """
     if ray.is_initialized():
         yield
@@ -36,8 +38,9 @@ def ray_session(cluster: DictConfig) -> Iterator[None]:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        cpus = worker_bundle(cluster)["CPU"] * cluster.num_workers + 1
-        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus)), include_dashboard=True)
+        need = worker_bundle(cluster)["CPU"] * cluster.num_workers + 1
+        cpus = max(os.cpu_count() or 1, math.ceil(need))
+        ray.init(address="local", num_cpus=cpus, include_dashboard=True)
     try:
         yield
     finally:

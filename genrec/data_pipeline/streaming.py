@@ -122,15 +122,13 @@ class TrainExamples(IterableDataset):
 def collate(examples: list[Example], pad: int = -1) -> dict[str, torch.Tensor]:
     """Left-pad histories so the most recent item is always in the last column."""
     width = max(len(ex["history"]) for ex in examples)
-    history = torch.full((len(examples), width), pad, dtype=torch.long)
+    history = np.full((len(examples), width), pad, dtype=np.int64)
     for row, ex in enumerate(examples):
         if len(ex["history"]):
-            history[row, width - len(ex["history"]) :] = torch.as_tensor(
-                ex["history"], dtype=torch.long
-            )
+            history[row, width - len(ex["history"]) :] = ex["history"]
     return {
         "user": torch.tensor([ex["user"] for ex in examples], dtype=torch.long),
-        "history": history,
+        "history": torch.from_numpy(history),
         "target": torch.tensor([ex["target"] for ex in examples], dtype=torch.long),
     }
 
