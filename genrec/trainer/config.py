@@ -36,8 +36,9 @@ class ModelOptions:
 class TrainerConfig:
     """Optimisation on a DeepSpeed engine; `batch_size` is global (all workers, all micro-steps).
 
-    The defaults suit the built-in synthetic data on a CPU (a few minutes); the dataset presets
-    in configs/datasets/ set the papers' model size and schedule.
+    The defaults suit the built-in synthetic data on a CPU (a few minutes). The dataset presets
+    in configs/datasets/ only name the data: the papers' setting is `trainer.model.preset=small`
+    and far more epochs (TIGER and LETTER train for hundreds), which wants a GPU.
 
     `temperature` divides the logits in the cross-entropy: 1 is TIGER's plain loss, below 1
     LETTER's ranking-guided loss that sharpens the gap between the target and hard negatives.
