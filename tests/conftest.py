@@ -1,5 +1,4 @@
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -10,6 +9,7 @@ import ray
 import torch
 
 from genrec.config import load_config
+from genrec.trainer.engine import free_port
 
 # Test models are tiny: one thread is faster than two contending ones, and timings stay stable
 # when the machine is shared.
@@ -35,12 +35,6 @@ def make_config(tmp_path):
         return load_config(list(files), [f"run_dir={tmp_path / 'run'}", *overrides])
 
     return make
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from genrec.config import load_config
 from genrec.errors import ConfigError, TrainingFailed
 from genrec.trainer.evaluate import evaluate_checkpoint
 
-# Every run joins the one local Ray instance of the session (see conftest.ray_cluster).
+# Every run joins the session's Ray head (conftest.ray_cluster) instead of starting its own.
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 
 TINY = [
@@ -147,10 +147,14 @@ def test_ray_job_submit(inputs, tmp_path, ray_cluster):
     shutil.copytree(tokenizer_dir, run_dir / "tokenizer")
     bin_dir = Path(sys.executable).parent
     submit = [str(bin_dir / "ray"), "job", "submit", f"--address={ray_cluster}", "--"]
-    submit += [str(bin_dir / "genrec"), "train", f"run_dir={run_dir}", *TINY]
-    done = subprocess.run(
-        [*submit, "trainer.eval_every=99"], capture_output=True, text=True, timeout=900
-    )
+    submit += [
+        str(bin_dir / "genrec"),
+        "train",
+        f"run_dir={run_dir}",
+        *TINY,
+        "trainer.eval_every=99",
+    ]
+    done = subprocess.run(submit, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "succeeded" in done.stdout.lower()
     summary = json.loads((run_dir / "train" / "train.json").read_text())
