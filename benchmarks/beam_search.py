@@ -10,7 +10,9 @@ restricted to valid IDs by HF's PrefixConstrainedLogitsProcessor. Both timings i
 encoding. HF is slow, so it is timed on the first --hf-users users only; users/s is comparable
 and the ratio genrec / HF is the figure to watch (goal >= 10x). The share of those users whose
 top-10 agree checks that the two really rank alike. The `encode only` row is genrec's encoder
-alone on every user: since both sides include it, it caps how large the ratio can get.
+alone on every user: since both sides include it, it caps how large the ratio can get. The
+ceiling line bounds the whole search the same way: genrec's matmul FLOPs per user over the
+FLOP/s of the model's feed-forward matmul timed alone at the decoder's batch of rows.
 
 On a machine shared with other jobs, pass --threads 1: torch's default of one thread per core
 then fights the other load and small ops stall (seen here: 7 s instead of 0.4 s per step).
@@ -206,6 +208,21 @@ def main() -> None:
     print(f"top-{top} over {hf_users} users: same lists {lists:.1%}, same sets {sets:.1%}")
     print(f"max |score gap| at ranks 1..{top}: {score_gap:.2e}")
     print(f"max |teacher-forced logit gap|: {gap:.2e} (asserted < 1e-4)")
+
+    first = history[: args.batch]
+    per_user = hf_t5.matmul_flops(lambda: genrec(first)) / first.size(0)
+    rows = first.size(0) * args.beam
+    ceiling = hf_t5.matmul_rate(rows, config.d_model, config.d_ff, backward=False)
+    best = ceiling / per_user
+    print(
+        f"genrec: {per_user / 1e9:.3f} matmul GFLOP per user, "
+        f"{per_user * ours_rate / 1e9:.1f} GFLOP/s"
+    )
+    print(
+        f"ceiling: the feed-forward matmul [{rows} x {config.d_model}] x "
+        f"[{config.d_model} x {config.d_ff}] runs at {ceiling / 1e9:.1f} GFLOP/s; at that rate "
+        f"throughout, genrec would search {best:.1f} users/s, {best / theirs_rate:.1f}x HF"
+    )
 
 
 if __name__ == "__main__":

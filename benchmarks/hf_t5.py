@@ -7,10 +7,13 @@ Loaded by path from the benchmark scripts (see `load_helpers` there), not as a p
 
 import os
 import platform
+import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import LogitsProcessor, T5Config, T5ForConditionalGeneration
 
 from genrec.trainer.model import BOS, PAD, GenerativeRecommender, ModelConfig
@@ -25,6 +28,39 @@ def hardware() -> str:
         f"hardware: device cpu ({platform.machine()}, {os.cpu_count()} cores), "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
+
+
+def matmul_flops(run: Callable[[], object]) -> int:
+    """Matmul FLOPs of one call of `run`, as torch counts them.
+
+    torch has no count for its CPU attention kernel, so attention scores are left out: rates
+    derived from this count err low, ceilings derived from it err high.
+    """
+    counter = FlopCounterMode(display=False)
+    with counter:
+        run()
+    return counter.get_total_flops()
+
+
+def matmul_rate(rows: int, inner: int, outer: int, backward: bool, repeats: int = 20) -> float:
+    """FLOP/s this machine reaches on one [rows, inner] x [inner, outer] matmul (and, for
+    training, its two backward matmuls): at the model's widest layer shape, no implementation
+    of the model runs its matmuls faster, so it caps the samples/s any of them can reach."""
+    x = torch.randn(rows, inner, requires_grad=backward)
+    w = torch.randn(outer, inner, requires_grad=backward)
+    grad = torch.randn(rows, outer)
+
+    def once() -> None:
+        y = x @ w.T
+        if backward:
+            y.backward(grad)
+
+    once()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        once()
+    seconds = (time.perf_counter() - start) / repeats
+    return (3 if backward else 1) * 2 * rows * inner * outer / seconds
 
 
 def t5_config(config: ModelConfig) -> T5Config:

@@ -7,7 +7,9 @@ Command:
 Both models train (AdamW, forward + backward + step) on the same random batches of valid
 semantic-ID histories. The two alternate for several rounds so that both see the same machine
 state (other load, caches, clocks); the ratio genrec / HF is the figure to watch (goal >= 1.5x
-on CPU).
+on CPU). The ceiling line says how far it can go here: each model's matmul FLOPs per sample,
+and the FLOP/s of the model's feed-forward matmul timed alone, give the samples/s of a model
+whose every matmul ran that fast, i.e. the largest ratio any implementation could reach.
 
 On a machine shared with other jobs, pass --threads 1: torch's default of one thread per core
 then fights the other load and small ops stall (seen here: 7 s instead of 0.4 s per step).
@@ -121,6 +123,25 @@ def main() -> None:
         rounds = " ".join(f"{samples / s:.0f}" for s in seconds[name])
         print(f"{name:8} {params:11,d} {rate[name]:10.1f} {rounds:>24}")
     print(f"ratio genrec / HF: {rate['genrec'] / rate['HF T5']:.2f}x (goal >= 1.5x on CPU)")
+
+    flops = {
+        name: hf_t5.matmul_flops(lambda step=step: step(batches[0])) / args.batch
+        for name, (_, step) in models.items()
+    }
+    for name, per_sample in flops.items():
+        print(
+            f"{name}: {per_sample / 1e9:.3f} matmul GFLOP per sample, "
+            f"{per_sample * rate[name] / 1e9:.1f} GFLOP/s"
+        )
+    rows = args.batch * args.history * config.codes_per_item
+    ceiling = hf_t5.matmul_rate(rows, config.d_model, config.d_ff, backward=True)
+    best = ceiling / flops["genrec"]
+    print(
+        f"ceiling: the feed-forward matmul [{rows} x {config.d_model}] x "
+        f"[{config.d_model} x {config.d_ff}] with its backward runs at {ceiling / 1e9:.1f} "
+        f"GFLOP/s; at that rate throughout, genrec would train {best:.1f} samples/s, "
+        f"{best / rate['HF T5']:.2f}x HF"
+    )
 
 
 if __name__ == "__main__":

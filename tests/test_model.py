@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from genrec.trainer.model import (
+    Dropout,
     GenerativeRecommender,
     ModelConfig,
     count_parameters,
@@ -124,6 +125,24 @@ def test_tiny_model_overfits_a_tiny_dataset():
         with torch.no_grad():
             accuracy = (model(history, target).argmax(-1) == target).float().mean().item()
     assert accuracy == 1.0, f"accuracy {accuracy:.3f} after {steps} steps, loss {loss.item():.3f}"
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_keeps_the_right_share_unbiased_and_seeded(p):
+    dropout = Dropout(p)
+    x = torch.ones(1000, 1003, requires_grad=True)  # odd size: the last random word is cut
+    torch.manual_seed(0)
+    out = dropout(x)
+    kept = out != 0
+    assert abs(kept.float().mean().item() - (1 - p)) < 3e-3
+    assert torch.allclose(out[kept], torch.tensor(1 / (1 - p)), rtol=1e-4)
+    assert abs(out.mean().item() - 1.0) < 5e-3
+    out.sum().backward()
+    assert torch.equal(x.grad, out.detach())  # gradient: the same mask and scale
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x), out)
+    assert not torch.equal(dropout(x), out)
+    assert dropout.eval()(x) is x
 
 
 def test_preset_parameter_counts():

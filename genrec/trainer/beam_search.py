@@ -44,8 +44,10 @@ def beam_search(
         candidates = (score[..., None] + step).masked_fill(~valid, float("-inf"))
         width = min(beam_size, candidates[0].numel())
         score, pick = candidates.flatten(1).topk(width, dim=1)
-        origin = pick // trie.max_children[depth]
         node = child.flatten(1).gather(1, pick)
+        if depth + 1 == trie.depth:
+            break  # the survivors' codes and cache would only feed a next step
+        origin = pick // trie.max_children[depth]
         chosen = code.flatten(1).gather(1, pick)
         kept = prefix.gather(1, origin[..., None].expand(-1, -1, prefix.size(2)))
         prefix = torch.cat([kept, chosen[..., None]], dim=2)
