@@ -21,17 +21,14 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+import ray
+import torch
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
 
-import ray  # noqa: E402
-import torch  # noqa: E402
-from ray.train import RunConfig, ScalingConfig  # noqa: E402
-from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
-
-from genrec import stages  # noqa: E402
-from genrec.config import load_config  # noqa: E402
-from genrec.provenance import code_version, write_json  # noqa: E402
+from genrec import stages
+from genrec.config import load_config
+from genrec.provenance import code_version, write_json
 
 MIB = 2**20
 

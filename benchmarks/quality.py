@@ -19,14 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-# Run as a script, this folder heads sys.path and benchmarks/tokenizers.py would shadow Hugging
-# Face's `tokenizers` package.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+from genrec import stages
+from genrec.config import load_config
+from genrec.provenance import code_version, write_json
 
-from genrec import stages  # noqa: E402
-from genrec.config import load_config  # noqa: E402
-from genrec.provenance import code_version, write_json  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 PRESETS = HERE.parent / "configs" / "datasets"
 COLUMNS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")

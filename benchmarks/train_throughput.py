@@ -16,34 +16,15 @@ then fights the other load and small ops stall (seen here: 7 s instead of 0.4 s 
 """
 
 import argparse
-import importlib.util
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
-from types import ModuleType
 
+import hf_t5
 import numpy as np
 import torch
 
-HERE = Path(__file__).resolve().parent
-# Run as a script, this folder heads sys.path and benchmarks/tokenizers.py would shadow Hugging
-# Face's `tokenizers` package, which transformers imports.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-
-from genrec.trainer.model import GenerativeRecommender, ModelConfig  # noqa: E402
-
-
-def load_helpers() -> ModuleType:
-    """benchmarks/hf_t5.py, loaded by path because this folder is no longer on sys.path."""
-    spec = importlib.util.spec_from_file_location("hf_t5", HERE / "hf_t5.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["hf_t5"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-hf_t5 = load_helpers()
+from genrec.trainer.model import GenerativeRecommender, ModelConfig
 
 
 def timed_steps(step: Callable[[dict], None], batches: list[dict]) -> float:

@@ -9,16 +9,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from genrec.config import load_config
+from genrec import artifacts
+from genrec.config import describe, load_config
 from genrec.data_pipeline.prepare import load_manifest
-from genrec.errors import ConfigError, DataError, TrainingFailed
+from genrec.errors import user_error
+from genrec.methods import method_spec
 
 RESULT_COLUMNS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
-
-
-def _print_paths(paths: Path | dict[str, Path]) -> None:
-    for path in paths.values() if isinstance(paths, dict) else [paths]:
-        print(path)
 
 
 def _row(name: str, metrics: dict[str, float]) -> str:
@@ -35,39 +32,59 @@ def results_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _run(cfg: DictConfig) -> None:
-    """Every stage in order; stages whose inputs are unchanged are reused."""
-    from genrec import stages
-
-    tokenizer = stages.tokenize(cfg)
-    manifest = load_manifest(stages.data(cfg))
-    report = json.loads((tokenizer / "report.json").read_text())["items"]
-    print(
+def data_summary(cfg: DictConfig, data_dir: Path) -> str:
+    manifest = load_manifest(data_dir)
+    return (
         f"users {manifest['num_users']:,}  items {manifest['num_items']:,}  "
         f"interactions {manifest['num_interactions']:,}  "
-        f"train examples {manifest['num_train_examples']:,}  shards {len(manifest['shards'])}\n"
-        f"tokenizer {cfg.tokenizer.name.name}: code usage per level "
-        f"{[round(level['usage'], 3) for level in report['levels']]}, collisions "
-        f"{report['collision_rate_before']:.3f} -> {report['collision_rate_after']:.3f}"
+        f"train examples {manifest['num_train_examples']:,}  shards {len(manifest['shards'])}"
     )
-    metrics = stages.evaluate(cfg)
-    print(results_table(json.loads(metrics.read_text())))
-    print(f"results: {metrics}")
 
 
-def _evaluate(cfg: DictConfig) -> None:
+def tokenizer_summary(cfg: DictConfig, tokenizer_dir: Path) -> str:
     from genrec import stages
 
-    metrics = stages.evaluate(cfg)
-    print(results_table(json.loads(metrics.read_text())))
-    print(f"results: {metrics}")
+    report = json.loads((tokenizer_dir / artifacts.TOKENIZER_REPORT).read_text())["items"]
+    return (
+        f"tokenizer {cfg.tokenizer.name.name} over {stages.item_vectors(cfg).name} vectors: "
+        f"code usage per level {[round(level['usage'], 3) for level in report['levels']]}, "
+        f"collisions {report['collision_rate_before']:.3f} -> "
+        f"{report['collision_rate_after']:.3f}"
+    )
+
+
+def metrics_summary(cfg: DictConfig, metrics: Path) -> str:
+    table = results_table(json.loads(metrics.read_text()))
+    return f"{table}\nresults: {metrics}\nreport: {Path(cfg.run_dir) / artifacts.RUN_REPORT}"
+
+
+SUMMARIES: dict[str, Callable[[DictConfig, Path], str]] = {
+    "data": data_summary,
+    "tokenize": tokenizer_summary,
+    "evaluate": metrics_summary,
+}
+
+
+def _run(cfg: DictConfig) -> None:
+    """The method's stages in order, each summarised as it finishes; unchanged ones reused."""
+    from genrec import stages
+
+    for stage in method_spec(cfg.method).stages:
+        out = getattr(stages, stage)(cfg)
+        if stage in SUMMARIES:
+            print(SUMMARIES[stage](cfg, out), flush=True)
 
 
 def _stage(name: str) -> Callable[[DictConfig], None]:
     def command(cfg: DictConfig) -> None:
         from genrec import stages
 
-        _print_paths(getattr(stages, name)(cfg))
+        out = getattr(stages, name)(cfg)
+        if name in SUMMARIES:
+            print(SUMMARIES[name](cfg, out))
+        else:
+            for path in out.values() if isinstance(out, dict) else [out]:
+                print(path)
 
     return command
 
@@ -77,8 +94,9 @@ COMMANDS: dict[str, tuple[Callable[[DictConfig], None], str]] = {
     "features": (_stage("features"), "item text embeddings, SASRec and LightGCN embeddings"),
     "tokenize": (_stage("tokenize"), "fit the item tokenizer and write semantic IDs"),
     "train": (_stage("train"), "train the generative recommender (trainer.*)"),
-    "evaluate": (_evaluate, "beam-search metrics of the trained model (or evaluate.checkpoint)"),
-    "run": (_run, "the whole pipeline on the configured data (default: synthetic)"),
+    "evaluate": (_stage("evaluate"), "test metrics of the trained model (or evaluate.checkpoint)"),
+    "run": (_run, "the method's whole pipeline (default: TIGER on synthetic data)"),
+    "config": (lambda cfg: print(describe(cfg)), "print every config key: value and meaning"),
 }
 
 
@@ -90,7 +108,12 @@ def split_args(args: list[str]) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="genrec", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="genrec",
+        description=__doc__,
+        epilog="`genrec config [CONFIG.yaml ...] [key=value ...]` lists every key with its "
+        "value and meaning.",
+    )
     parser.add_argument(
         "command",
         choices=sorted(COMMANDS),
@@ -103,6 +126,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cfg = load_config(files, overrides)
         COMMANDS[ns.command][0](cfg)
-    except (ConfigError, DataError, TrainingFailed) as err:
-        print(f"genrec {ns.command}: error: {err}", file=sys.stderr)
+    except Exception as err:
+        cause = user_error(err)
+        if cause is None:
+            raise
+        print(f"genrec {ns.command}: error: {cause}", file=sys.stderr)
         sys.exit(2)

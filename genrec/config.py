@@ -1,35 +1,55 @@
 """The root configuration: structured dataclasses, YAML presets and `key=value` overrides.
 
-Every stage reads one `GenrecConfig`; unknown keys and wrong types are errors naming the key.
+Every stage reads one `GenrecConfig`. Loading it checks everything that can be checked before
+any data is read or Ray is started: unknown keys and wrong types (OmegaConf), then each
+section's `check` (genrec/schema.py), each error naming its key.
 """
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import Container, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from genrec.cf.config import LightGCNConfig, SASRecConfig
 from genrec.cluster.config import ClusterConfig
 from genrec.data_pipeline.config import DataConfig, FeaturesConfig
 from genrec.errors import ConfigError
-from genrec.recipes import RECIPES, Method
-from genrec.tokenizers.config import LightGCNConfig, SASRecConfig, TokenizerConfig
-from genrec.trainer.config import EvalConfig, TrainerConfig
+from genrec.methods import METHODS, method_spec
+from genrec.schema import Invalid, check_tree, described_fields, option
+from genrec.tokenizers.config import TokenizerConfig
+from genrec.trainer.config import EvalConfig, TrainerConfig, batch_plan
 
 
 @dataclass
 class GenrecConfig:
-    run_dir: str = "runs/default"
-    seed: int = 0
-    method: Method = Method.tiger
-    data: DataConfig = field(default_factory=DataConfig)
-    features: FeaturesConfig = field(default_factory=FeaturesConfig)
-    sasrec: SASRecConfig = field(default_factory=SASRecConfig)
-    lightgcn: LightGCNConfig = field(default_factory=LightGCNConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    evaluate: EvalConfig = field(default_factory=EvalConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    run_dir: str = option("runs/default", "where every stage writes its folder")
+    seed: int = option(0, "seed of model initialisation, sampling and shuffling")
+    method: str = option("tiger", f"the method: {', '.join(sorted(METHODS))}")
+    data: DataConfig = option(DataConfig, "the interaction data")
+    features: FeaturesConfig = option(FeaturesConfig, "item text embeddings")
+    sasrec: SASRecConfig = option(SASRecConfig, "SASRec: item embeddings and a baseline")
+    lightgcn: LightGCNConfig = option(LightGCNConfig, "LightGCN: user and item embeddings")
+    tokenizer: TokenizerConfig = option(TokenizerConfig, "the item tokenizer")
+    trainer: TrainerConfig = option(TrainerConfig, "the generative recommender's training")
+    evaluate: EvalConfig = option(EvalConfig, "evaluation")
+    cluster: ClusterConfig = option(ClusterConfig, "the Ray cluster training runs on")
+
+    def check(self) -> None:
+        if self.method not in METHODS:
+            raise Invalid("method", f"is {self.method!r}; choose one of {sorted(METHODS)}")
+        try:
+            batch_plan(self.trainer, self.cluster.num_workers)
+        except Invalid as err:
+            raise Invalid(f"trainer.{err.key}", err.message) from err
+        if 0 < self.evaluate.valid_users < self.cluster.num_workers:
+            raise Invalid(
+                "evaluate.valid_users",
+                f"({self.evaluate.valid_users}) must be 0 (all) or at least "
+                f"cluster.num_workers ({self.cluster.num_workers}): each worker validates a slice",
+            )
 
 
 def _describe(err: OmegaConfBaseException) -> str:
@@ -64,13 +84,14 @@ def _layers(files: list[str | Path], overrides: list[str]) -> list[tuple[DictCon
 
 
 def load_config(files: list[str | Path] = (), overrides: list[str] = ()) -> DictConfig:
-    """Merge the schema defaults, the method's recipe, each YAML file, then the overrides."""
+    """Merge the schema defaults, the method's defaults, each YAML file, then the overrides,
+    and check the result."""
     layers = _layers(files, overrides)
     cfg = OmegaConf.structured(GenrecConfig)
     for layer, where in layers:
         cfg = _merge(cfg, layer, where)
-    recipe = OmegaConf.create(RECIPES[cfg.method])
-    cfg = _merge(OmegaConf.structured(GenrecConfig), recipe, f"recipe {cfg.method.name}: ")
+    spec = method_spec(cfg.method)
+    cfg = _merge(OmegaConf.structured(GenrecConfig), OmegaConf.create(spec.defaults), "")
     for layer, where in layers:
         cfg = _merge(cfg, layer, where)
     validate(cfg)
@@ -83,21 +104,22 @@ def config_from_dict(values: dict) -> DictConfig:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Checks that the types alone cannot express."""
-    data = cfg.data
-    if data.min_user_interactions < 3:
-        raise ConfigError(
-            "config key 'data.min_user_interactions' must be >= 3: leave-one-out needs a "
-            "training item, a validation target and a test target per user"
-        )
-    for key in ("min_item_interactions", "max_history", "users_per_shard"):
-        if data[key] < 1:
-            raise ConfigError(f"config key 'data.{key}' must be >= 1, got {data[key]}")
-    if cfg.cluster.num_workers < 1:
-        raise ConfigError(
-            f"config key 'cluster.num_workers' must be >= 1, got {cfg.cluster.num_workers}"
-        )
-    if data.format.name != "synthetic" and not data.interactions:
-        raise ConfigError(
-            f"config key 'data.interactions' is required for data.format={data.format.name}"
-        )
+    """Every section's checks, on the config as plain dataclasses."""
+    try:
+        check_tree(OmegaConf.to_object(cfg))
+    except OmegaConfBaseException as err:
+        raise ConfigError(_describe(err)) from err
+
+
+def describe(cfg: DictConfig) -> str:
+    """Every key of a loaded config with its value and one-line description."""
+    lines = []
+    for key, f in described_fields(GenrecConfig):
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, Container):
+            value = OmegaConf.to_container(value)
+        if isinstance(value, Enum):
+            value = value.name
+        shown = json.dumps(value) if value is None or isinstance(value, bool) else value
+        lines.append(f"{f'{key}={shown}':<44} # {f.metadata['help']}")
+    return "\n".join(lines)

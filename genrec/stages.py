@@ -4,14 +4,26 @@ calling a stage twice, or running `genrec run` again, redoes nothing.
 """
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
+from genrec import artifacts
+from genrec.artifacts import stage_dir
 from genrec.data_pipeline.prepare import load_manifest, prepare
 from genrec.data_pipeline.text_embeddings import embed_items
+from genrec.errors import ConfigError
+from genrec.methods import method_spec
+from genrec.report import write_run_report
 from genrec.tokenizers.config import TokenizerInput, TokenizerName
+
+# Below this share of items with text, a dataset's text does not tell its items apart.
+MIN_TEXT_SHARE = 0.5
+_announced: set[str] = set()
+
+log = logging.getLogger(__name__)
 
 
 def data(cfg: DictConfig) -> Path:
@@ -19,39 +31,70 @@ def data(cfg: DictConfig) -> Path:
 
 
 def text_features(cfg: DictConfig) -> Path:
-    return embed_items(cfg, data(cfg), Path(cfg.run_dir) / "features" / "text")
+    return embed_items(cfg, data(cfg), stage_dir(cfg.run_dir, artifacts.TEXT_FEATURES))
 
 
 def sasrec(cfg: DictConfig) -> Path:
-    from genrec.tokenizers.sasrec import train_sasrec
+    from genrec.cf.sasrec import train_sasrec
 
-    return train_sasrec(cfg, data(cfg), Path(cfg.run_dir) / "features" / "sasrec")
+    return train_sasrec(cfg, data(cfg), stage_dir(cfg.run_dir, artifacts.SASREC))
 
 
 def lightgcn(cfg: DictConfig) -> Path:
-    from genrec.tokenizers.lightgcn import train_lightgcn
+    from genrec.cf.lightgcn import train_lightgcn
 
-    return train_lightgcn(cfg, data(cfg), Path(cfg.run_dir) / "features" / "lightgcn")
+    return train_lightgcn(cfg, data(cfg), stage_dir(cfg.run_dir, artifacts.LIGHTGCN))
 
 
 def features(cfg: DictConfig) -> dict[str, Path]:
     return {"text": text_features(cfg), "sasrec": sasrec(cfg), "lightgcn": lightgcn(cfg)}
 
 
+def item_vectors(cfg: DictConfig) -> TokenizerInput:
+    """What the tokenizer reads: `tokenizer.input`, where `auto` is the items' text unless
+    too few items have text, then SASRec's item embeddings (said once, up front)."""
+    chosen = cfg.tokenizer.input
+    if chosen not in (TokenizerInput.auto, TokenizerInput.text):
+        return chosen
+    manifest = load_manifest(data(cfg))
+    with_text, items = manifest["items_with_text"], manifest["num_items"]
+    if with_text >= MIN_TEXT_SHARE * items:
+        return TokenizerInput.text
+    source = cfg.data.interactions or "the synthetic data"
+    if chosen is TokenizerInput.text:
+        raise ConfigError(
+            f"config key 'tokenizer.input' is text, but {with_text} of the {items} items of "
+            f"{source} have text: their IDs would mean nothing; set tokenizer.input=sasrec "
+            "(or lightgcn), or give the items' text with data.items"
+        )
+    if manifest["fingerprint"] not in _announced:
+        _announced.add(manifest["fingerprint"])
+        log.warning(
+            "%d of the %d items of %s have text: the tokenizer reads SASRec item embeddings "
+            "instead (tokenizer.input=auto; tokenizer.input=lightgcn for LightGCN's)",
+            with_text,
+            items,
+            source,
+        )
+    return TokenizerInput.sasrec
+
+
 def tokenizer_inputs(cfg: DictConfig) -> dict[str, Path]:
     """The vector files the configured tokenizer reads (computing them if needed)."""
-    tok = cfg.tokenizer
-    if tok.name is TokenizerName.mq:
+    if cfg.tokenizer.name is TokenizerName.mq:
         folder = lightgcn(cfg)
-        return {"items": folder / "item_embeddings.npy", "users": folder / "user_embeddings.npy"}
+        return {
+            "items": folder / artifacts.ITEM_EMBEDDINGS,
+            "users": folder / artifacts.USER_EMBEDDINGS,
+        }
     sources = {
-        TokenizerInput.text: lambda: text_features(cfg) / "embeddings.npy",
-        TokenizerInput.sasrec: lambda: sasrec(cfg) / "item_embeddings.npy",
-        TokenizerInput.lightgcn: lambda: lightgcn(cfg) / "item_embeddings.npy",
+        TokenizerInput.text: lambda: text_features(cfg) / artifacts.EMBEDDINGS,
+        TokenizerInput.sasrec: lambda: sasrec(cfg) / artifacts.ITEM_EMBEDDINGS,
+        TokenizerInput.lightgcn: lambda: lightgcn(cfg) / artifacts.ITEM_EMBEDDINGS,
     }
-    inputs = {"items": sources[tok.input]()}
-    if tok.name is TokenizerName.letter:
-        inputs["cf"] = sasrec(cfg) / "item_embeddings.npy"
+    inputs = {"items": sources[item_vectors(cfg)]()}
+    if cfg.tokenizer.name is TokenizerName.letter:
+        inputs["cf"] = sasrec(cfg) / artifacts.ITEM_EMBEDDINGS
     return inputs
 
 
@@ -60,29 +103,32 @@ def tokenize(cfg: DictConfig) -> Path:
 
     inputs = tokenizer_inputs(cfg)
     fingerprint = load_manifest(data(cfg))["fingerprint"]
-    return run_tokenizer(cfg, fingerprint, inputs, Path(cfg.run_dir) / "tokenizer")
+    return run_tokenizer(cfg, fingerprint, inputs, stage_dir(cfg.run_dir, artifacts.TOKENIZER))
 
 
 def train(cfg: DictConfig) -> Path:
     from genrec.cluster.train_job import train as run_training
 
     tokenizer = tokenize(cfg)
-    return run_training(cfg, data(cfg), tokenizer, Path(cfg.run_dir) / "train")
+    out = run_training(cfg, data(cfg), tokenizer, stage_dir(cfg.run_dir, artifacts.TRAIN))
+    write_run_report(cfg.run_dir)
+    return out
 
 
 def sasrec_baseline(cfg: DictConfig) -> dict[str, Any]:
-    metrics = json.loads((sasrec(cfg) / "metrics.json").read_text())
+    metrics = json.loads((sasrec(cfg) / artifacts.CF_METRICS).read_text())
     return {"valid": metrics["valid"], "test": metrics["test"]}
 
 
 def evaluate(cfg: DictConfig) -> Path:
     """`run_dir/metrics.json` for `evaluate.checkpoint`, or for the trained model by default."""
     from genrec.trainer.evaluate import evaluate_checkpoint
-    from genrec.trainer.train import MODEL_FILE
 
     given = cfg.evaluate.checkpoint
-    checkpoint = Path(given) if given else train(cfg) / MODEL_FILE
-    out = Path(cfg.run_dir) / "metrics.json"
+    checkpoint = Path(given) if given else train(cfg) / artifacts.MODEL
+    out = Path(cfg.run_dir) / artifacts.METRICS
     baselines = {"sasrec": sasrec_baseline(cfg)}
-    evaluate_checkpoint(cfg, checkpoint, data(cfg), tokenize(cfg), baselines, out)
+    method = method_spec(cfg.method)
+    evaluate_checkpoint(cfg, method, checkpoint, data(cfg), tokenize(cfg), baselines, out)
+    write_run_report(cfg.run_dir)
     return out

@@ -3,6 +3,9 @@
 import json
 import subprocess
 import sys
+import time
+
+import pytest
 
 
 def genrec(*args, cwd):
@@ -44,3 +47,31 @@ def test_bad_data_is_a_clear_error(tmp_path):
     assert done.returncode == 2
     assert "s.txt: line 2: non-numeric id 'x'" in done.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("manifest.json"))
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("cluster.num_workers=3", "trainer.batch_size"),
+        ("trainer.zero_stage=4", "trainer.zero_stage"),
+        ("method=etegrec", "method"),
+    ],
+)
+def test_a_config_that_cannot_work_fails_before_anything_runs(tmp_path, override, key):
+    """Checked when the config is loaded: no stage has written anything, no Ray has started,
+    and the one line names the key."""
+    started = time.monotonic()
+    done = genrec("run", f"run_dir={tmp_path / 'run'}", override, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith(f"genrec run: error: config key '{key}'")
+    assert not (tmp_path / "run").exists() and "Ray" not in done.stdout + done.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_genrec_config_lists_every_key(tmp_path):
+    done = genrec("config", "cluster.num_workers=4", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "cluster.num_workers=4" in [line.split(" #")[0].strip() for line in lines]
+    assert all(" # " in line for line in lines)

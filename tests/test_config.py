@@ -32,6 +32,10 @@ def test_yaml_then_overrides_in_order(tmp_path):
         ("data.format=parquet_files", "data.format"),
         ("data.min_user_interactions=2", "data.min_user_interactions"),
         ("data.users_per_shard=0", "data.users_per_shard"),
+        ("method=etegrec", "method"),
+        ("trainer.zero_stage=4", "trainer.zero_stage"),
+        ("cluster.num_workers=3", "trainer.batch_size"),
+        ("trainer.micro_batch_size=100", "trainer.micro_batch_size"),
     ],
 )
 def test_bad_override_names_the_key(override, names):
@@ -60,7 +64,23 @@ def test_override_without_equals_sign():
     "preset", sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml")), ids=lambda p: p.name
 )
 def test_every_preset_loads(preset):
-    load_config([preset])
+    """Each preset's values arrive in the config as written (enums by name)."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    cfg = load_config([preset])
+    written = OmegaConf.create(yaml.safe_load(preset.read_text()))
+    for key, value in _leaves(OmegaConf.to_container(written)):
+        loaded = OmegaConf.select(cfg, key)
+        assert getattr(loaded, "name", loaded) == value, key
+
+
+def _leaves(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def test_the_kuberay_example_submits_a_valid_genrec_command():
@@ -76,3 +96,36 @@ def test_the_kuberay_example_submits_a_valid_genrec_command():
     files, overrides = split_args(command[2:])
     cfg = load_config([Path(__file__).parents[1] / f for f in files], overrides)
     assert cfg.cluster.num_workers == 8 and cfg.cluster.use_gpu and cfg.trainer.zero_stage == 2
+
+
+def test_every_key_has_a_description_that_genrec_config_prints():
+    from genrec.config import GenrecConfig, describe
+    from genrec.schema import described_fields
+
+    keys = dict(described_fields(GenrecConfig))
+    assert len(keys) > 100
+    undescribed = [key for key, f in keys.items() if not f.metadata.get("help")]
+    assert undescribed == []
+    printed = describe(load_config([], ["trainer.zero_stage=2"])).splitlines()
+    assert len(printed) == len(keys)
+    assert any(line.startswith("trainer.zero_stage=2 ") and "ZeRO" in line for line in printed)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.lr=0", r"'trainer.lr' must be > 0"),
+        ("trainer.model.preset=huge", r"'trainer.model.preset' is unknown"),
+        ("trainer.model.dropout=1.5", r"'trainer.model.dropout' must be in \[0, 1\)"),
+        ("trainer.device=gpu0", r"'trainer.device' is not a torch device"),
+        ("tokenizer.keep_epochs=300", r"'tokenizer.keep_epochs' \(300\) exceeds"),
+        ("sasrec.heads=3", r"'sasrec.hidden' \(64\) must be divisible by sasrec.heads"),
+        ("cluster.num_workers=0", r"'cluster.num_workers' must be >= 1"),
+        ("data.synthetic.p_successor=2", r"'data.synthetic.p_successor' must be in \[0, 1\]"),
+        ("evaluate.valid_users=1", r"'evaluate.valid_users' \(1\) must be 0 \(all\) or at least"),
+    ],
+)
+def test_each_section_checks_its_values_at_load_time(override, message):
+    overrides = [override, "cluster.num_workers=2"] if "valid_users" in override else [override]
+    with pytest.raises(ConfigError, match=message):
+        load_config([], overrides)

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from genrec import stages
+from genrec.cli import main
 from genrec.cluster.train_job import train
 from genrec.config import load_config
 from genrec.errors import ConfigError, TrainingFailed
+from genrec.methods import method_spec
 from genrec.trainer.evaluate import evaluate_checkpoint
 
 # Every run joins the session's Ray head (conftest.ray_cluster) instead of starting its own.
@@ -74,7 +76,8 @@ def test_two_workers_train_and_evaluate_with_every_zero_stage(runs, inputs, stag
     assert summary["workers"] == 2 and summary["zero_stage"] == stage
     assert summary["model"]["num_user_buckets"] == (cfg.trainer.model.num_user_buckets or 0)
     assert summary["steps"] >= 40 and summary["epochs"] == pytest.approx(1, abs=0.1)
-    metrics = evaluate_checkpoint(cfg, out / "model.pt", *inputs, {}, out / "metrics.json")
+    method = method_spec(cfg.method)
+    metrics = evaluate_checkpoint(cfg, method, out / "model.pt", *inputs, {}, out / "metrics.json")
     assert metrics["trained_steps"] == summary["best_step"]
     for key, value in metrics["valid"].items():
         assert value == pytest.approx(summary["valid"][key], abs=1e-6), key
@@ -119,7 +122,7 @@ def test_a_failed_run_resumes_when_submitted_again(inputs, tmp_path):
     overrides = [f"run_dir={tmp_path}", *TINY, "trainer.checkpoint_every=10"]
     overrides += ["trainer.epochs=2", "trainer.shuffle_buffer=64", "cluster.num_workers=2"]
     failing = load_config([], [*overrides, "cluster.fail_at_step=55"])
-    with pytest.raises(TrainingFailed, match="run the same command again"):
+    with pytest.raises(TrainingFailed, match=r"worker 1 was lost .*run the same command again"):
         train(failing, *inputs, tmp_path / "train")
     train(load_config([], overrides), *inputs, tmp_path / "train")
     summary = json.loads((tmp_path / "train" / "train.json").read_text())
@@ -160,3 +163,51 @@ def test_ray_job_submit(inputs, tmp_path, ray_cluster):
     summary = json.loads((run_dir / "train" / "train.json").read_text())
     assert summary["steps"] >= 40 and (run_dir / "train" / "model.pt").is_file()
     assert summary["ray_run"].startswith(str(run_dir / "train" / "ray"))
+
+
+def test_two_workers_train_on_the_default_batch_settings(runs):
+    """No batch keys set: each of 2 workers takes half of the default global batch (256)."""
+    *_, summary = runs(
+        "cluster.num_workers=2", "trainer.batch_size=256", "trainer.micro_batch_size=null"
+    )
+    assert summary["workers"] == 2 and summary["steps"] >= 4
+    assert summary["samples"] == pytest.approx(summary["steps"] * 256, abs=256)
+
+
+def _last_line_of(argv: list[str], capsys) -> str:
+    """Runs the CLI in this process (joining the session's Ray) and returns its last line."""
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_a_damaged_shard_ends_the_run_with_one_line_naming_it(inputs, tmp_path, capsys):
+    """The read task's DataError crosses Ray Data and the worker group to the CLI intact."""
+    data_dir, tokenizer_dir = inputs
+    run_dir = tmp_path / "damaged"
+    shutil.copytree(data_dir, run_dir / "data")
+    shutil.copytree(tokenizer_dir.parent / "features", run_dir / "features")
+    shutil.copytree(tokenizer_dir, run_dir / "tokenizer")
+    shard = run_dir / "data" / "shards" / "train-000000.tar"
+    blob = bytearray(shard.read_bytes())
+    blob[1000] ^= 0xFF
+    shard.write_bytes(bytes(blob))
+    line = _last_line_of(["train", f"run_dir={run_dir}", *TINY], capsys)
+    assert line == (
+        f"genrec train: error: {shard}: checksum mismatch: the shard was damaged or replaced; "
+        "run genrec prepare again"
+    )
+
+
+def test_a_bad_key_inside_a_worker_ends_the_run_with_one_line_naming_it(inputs, tmp_path, capsys):
+    """Only a worker knows whether it has a GPU: its ConfigError is the run's last line."""
+    data_dir, tokenizer_dir = inputs
+    run_dir = tmp_path / "cuda"
+    shutil.copytree(data_dir, run_dir / "data")
+    shutil.copytree(tokenizer_dir.parent / "features", run_dir / "features")
+    shutil.copytree(tokenizer_dir, run_dir / "tokenizer")
+    line = _last_line_of(["train", f"run_dir={run_dir}", *TINY, "trainer.device=cuda"], capsys)
+    assert line == (
+        "genrec train: error: config key 'trainer.device' is 'cuda' but no GPU is available"
+    )

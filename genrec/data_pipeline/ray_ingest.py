@@ -3,9 +3,9 @@
 Ray Data cannot resume half way through an epoch, so genrec builds it: a work unit is one shard
 in one epoch (the shard order reshuffled per epoch from the seed), and all epochs form one
 stream that `streaming_split` deals to the training workers. Workers note which rows the model
-has trained on (`PositionTracker`); a checkpoint stores the merged `DataPosition`; a resumed run
-publishes it on the run's `PositionBoard`, so read tasks skip finished units without opening
-them and drop the rows already trained on from the others.
+has trained on (`PositionTracker`); a checkpoint stores the `DataPosition` they advance; a
+resumed run publishes it on the run's `PositionBoard`, so read tasks skip finished units without
+opening them and drop the rows already trained on from the others.
 """
 
 from collections import defaultdict
@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import ray
+import torch
 
 from genrec.data_pipeline.prepare import load_manifest
 from genrec.data_pipeline.shards import read_shard
@@ -30,18 +31,35 @@ from genrec.data_pipeline.streaming import (
 
 @dataclass
 class DataPosition:
-    """Finished work units, and the rows trained on in unfinished ones (the offset)."""
+    """Finished work units, and the rows trained on in unfinished ones (the offset); a named
+    state of every training checkpoint."""
 
     done: list[int] = field(default_factory=list)
     rows: dict[int, list[int]] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         rows = {str(unit): sorted(trained) for unit, trained in self.rows.items()}
         return {"done": sorted(self.done), "rows": rows}
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.done = list(state["done"])
+        self.rows = {int(unit): list(rows) for unit, rows in state["rows"].items()}
+
     @classmethod
-    def from_json(cls, value: dict[str, Any]) -> "DataPosition":
-        return cls(list(value["done"]), {int(u): list(r) for u, r in value["rows"].items()})
+    def from_state(cls, state: dict[str, Any]) -> "DataPosition":
+        position = cls()
+        position.load_state_dict(state)
+        return position
+
+    def advance(self, workers: Iterable[dict[int, list[int]]], sizes: list[int]) -> None:
+        """Adds every worker's trained rows; units whose rows are all trained are done."""
+        rows: dict[int, set[int]] = defaultdict(set)
+        for local in [self.rows, *workers]:
+            for unit, trained in local.items():
+                rows[unit].update(trained)
+        done = set(self.done) | {unit for unit, r in rows.items() if len(r) == sizes[unit]}
+        self.done = sorted(done)
+        self.rows = {unit: sorted(r) for unit, r in rows.items() if unit not in done}
 
 
 def work_units(num_shards: int, epochs: int, seed: int) -> list[tuple[int, int]]:
@@ -74,16 +92,18 @@ class PositionBoard:
         return self.attempts
 
 
-def _read_unit(row: dict[str, Any], data_dir: str, board: Any) -> Iterator[dict[str, Any]]:
+def _read_unit(
+    row: dict[str, Any], data_dir: str, num_items: int, board: Any
+) -> Iterator[dict[str, Any]]:
     """The sequences of one work unit that the model has not trained on yet."""
     unit = int(row["unit"])
-    position = DataPosition.from_json(ray.get(board.position.remote()))
+    position = DataPosition.from_state(ray.get(board.position.remote()))
     if unit in set(position.done):
         return
     board.read.remote(unit)
     skip = set(position.rows.get(unit, ()))
     path, sha256 = Path(data_dir) / row["path"], row["sha256"]
-    for index, (user, items) in enumerate(read_shard(path, sha256)):
+    for index, (user, items) in enumerate(read_shard(path, sha256, num_items)):
         if index not in skip:
             yield {"unit": unit, "row": index, "user": user, "items": items}
 
@@ -91,13 +111,15 @@ def _read_unit(row: dict[str, Any], data_dir: str, board: Any) -> Iterator[dict[
 def training_stream(data_dir: str | Path, epochs: int, seed: int, board: Any) -> "ray.data.Dataset":
     """Every epoch's user sequences as one Ray Dataset, one block per work unit, so readers of
     different shards run in parallel and a slow shard holds up no other."""
-    shards = load_manifest(data_dir)["shards"]
+    manifest = load_manifest(data_dir)
+    shards = manifest["shards"]
     units = [
         {"unit": i, "path": shards[s]["path"], "sha256": shards[s]["sha256"]}
         for i, (_, s) in enumerate(work_units(len(shards), epochs, seed))
     ]
     items = ray.data.from_items(units, override_num_blocks=len(units))
-    return items.flat_map(_read_unit, fn_kwargs={"data_dir": str(data_dir), "board": board})
+    kwargs = {"data_dir": str(data_dir), "num_items": manifest["num_items"], "board": board}
+    return items.flat_map(_read_unit, fn_kwargs=kwargs)
 
 
 def unit_sizes(data_dir: str | Path, epochs: int, seed: int) -> list[int]:
@@ -133,21 +155,6 @@ class PositionTracker:
         return {unit: sorted(rows) for unit, rows in self.rows.items()}
 
 
-def merge_positions(
-    previous: DataPosition, workers: Iterable[dict[int, list[int]]], sizes: list[int]
-) -> DataPosition:
-    """The run's position: the previous one plus every worker's trained rows; full units done."""
-    rows: dict[int, set[int]] = defaultdict(set)
-    for unit, trained in previous.rows.items():
-        rows[unit].update(trained)
-    for local in workers:
-        for unit, trained in local.items():
-            rows[unit].update(trained)
-    done = set(previous.done) | {unit for unit, r in rows.items() if len(r) == sizes[unit]}
-    partial = {unit: sorted(r) for unit, r in rows.items() if unit not in done}
-    return DataPosition(sorted(done), partial)
-
-
 def stream_batches(
     sequences: Iterable[dict[str, np.ndarray]],
     tracker: PositionTracker,
@@ -155,10 +162,14 @@ def stream_batches(
     batch_size: int,
     shuffle_buffer: int,
     rng: np.random.Generator,
+    group_weights: np.ndarray | None = None,
     pool_batches: int = 32,
 ) -> Iterator[dict[str, Any]]:
     """Collated, length-grouped, shuffled prefix-example batches from Ray batches of sequences;
-    each batch keeps its examples' (unit, row) as `source` for the tracker."""
+    each batch keeps its examples' (unit, row) as `source` for the tracker.
+
+    Every example is read in one of G code groups (`group`), drawn with `group_weights`
+    (None: the single group 0)."""
 
     def examples() -> Iterator[Example]:
         for block in sequences:
@@ -172,4 +183,13 @@ def stream_batches(
 
     stream = shuffled(examples(), shuffle_buffer, rng) if shuffle_buffer > 1 else examples()
     for batch in length_grouped(stream, batch_size, pool_batches, rng):
-        yield {**collate(batch), "source": np.array([ex["source"] for ex in batch])}
+        groups = (
+            np.zeros(len(batch), dtype=np.int64)
+            if group_weights is None
+            else rng.choice(len(group_weights), size=len(batch), p=group_weights)
+        )
+        yield {
+            **collate(batch),
+            "group": torch.from_numpy(groups),
+            "source": np.array([ex["source"] for ex in batch]),
+        }

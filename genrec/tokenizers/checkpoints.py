@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from genrec.provenance import atomic_file
 from genrec.tokenizers.base import Tokenizer
 from genrec.tokenizers.config import TokenizerConfig, TokenizerName
 from genrec.tokenizers.letter import Letter
@@ -42,13 +43,12 @@ def build_tokenizer(
 
 
 def save_tokenizer(tok: Tokenizer, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"spec": tok.spec, "state_dict": tok.state_dict()}, tmp)
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        torch.save({"spec": tok.spec, "state_dict": tok.state_dict()}, tmp)
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    blob: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    blob: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     spec = blob["spec"]
     cfg = OmegaConf.to_object(
         OmegaConf.merge(OmegaConf.structured(TokenizerConfig), spec["tokenizer"])

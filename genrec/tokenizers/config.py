@@ -1,7 +1,9 @@
-"""Configuration of item tokenizers and of the collaborative-filtering embedding models."""
+"""Configuration of the item tokenizers."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
+
+from genrec.schema import Invalid, at_least, device_name, option, positive
 
 
 class TokenizerName(Enum):
@@ -12,8 +14,9 @@ class TokenizerName(Enum):
 
 
 class TokenizerInput(Enum):
-    """Which item vectors are tokenized."""
+    """Which item vectors are tokenized; `auto` is text where the items have text, else SASRec."""
 
+    auto = "auto"
     text = "text"
     sasrec = "sasrec"
     lightgcn = "lightgcn"
@@ -24,97 +27,83 @@ class CollisionMode(Enum):
     sinkhorn = "sinkhorn"
 
 
+def _share(section: object, *keys: str) -> None:
+    for key in keys:
+        value = getattr(section, key)
+        if not 0 <= value < 1:
+            raise Invalid(key, f"must be in [0, 1), got {value}")
+
+
 @dataclass
 class LetterConfig:
     """LETTER's regularisers (published best on Instruments: 0.02 and 1e-4)."""
 
-    cf_weight: float = 0.02
-    cf_temperature: float = 1.0
-    diversity_weight: float = 1e-4
-    diversity_clusters: int = 10
-    diversity_temperature: float = 1.0
+    cf_weight: float = option(0.02, "weight of the collaborative alignment (InfoNCE vs SASRec)")
+    cf_temperature: float = option(1.0, "temperature of that InfoNCE")
+    diversity_weight: float = option(1e-4, "weight of the code diversity loss")
+    diversity_clusters: int = option(10, "clusters of codewords the diversity loss spreads over")
+    diversity_temperature: float = option(1.0, "temperature of the diversity loss")
+
+    def check(self) -> None:
+        at_least(self, 0, "cf_weight", "diversity_weight")
+        positive(self, "cf_temperature", "diversity_temperature")
+        at_least(self, 1, "diversity_clusters")
 
 
 @dataclass
 class MQConfig:
     """TokenRec's masked vector-quantized tokenizer over CF embeddings."""
 
-    mask_ratio: float = 0.2
+    mask_ratio: float = option(0.2, "share of input features masked in training")
+
+    def check(self) -> None:
+        _share(self, "mask_ratio")
 
 
 @dataclass
 class TokenizerConfig:
-    name: TokenizerName = TokenizerName.rqvae
-    input: TokenizerInput = TokenizerInput.text
-    num_levels: int = 3
-    codebook_size: int = 256
-    hidden_dims: list[int] = field(default_factory=lambda: [512, 256, 128])
-    latent_dim: int = 32
-    dropout: float = 0.0
-    commitment: float = 0.25
-    ema: bool = False
-    ema_decay: float = 0.99
-    rotation_trick: bool = False
-    kmeans_init: bool = True
-    kmeans_iters: int = 50
-    dead_code_restart: bool = True
-    collapse_warning_usage: float = 0.1
-    epochs: int = 200
-    batch_size: int = 1024
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    keep_epochs: int = 3
-    collisions: CollisionMode = CollisionMode.dedup
-    sinkhorn_epsilon: float = 0.05
-    sinkhorn_iters: int = 50
-    device: str = "cpu"
-    letter: LetterConfig = field(default_factory=LetterConfig)
-    mq: MQConfig = field(default_factory=MQConfig)
+    name: TokenizerName = option(TokenizerName.rqvae, "rqvae, rqkmeans, letter or mq")
+    input: TokenizerInput = option(
+        TokenizerInput.auto, "item vectors: auto, text, sasrec, lightgcn"
+    )
+    num_levels: int = option(3, "codes per semantic ID (before the dedup code)")
+    codebook_size: int = option(256, "codes per level")
+    hidden_dims: list[int] = option([512, 256, 128], "encoder MLP widths (decoder mirrors them)")
+    latent_dim: int = option(32, "width of the quantized latent")
+    dropout: float = option(0.0, "dropout in the encoder and decoder")
+    commitment: float = option(0.25, "weight of the commitment loss")
+    ema: bool = option(False, "EMA codebook updates instead of gradient")
+    ema_decay: float = option(0.99, "decay of the EMA codebooks")
+    rotation_trick: bool = option(False, "rotation trick instead of the straight-through estimator")
+    kmeans_init: bool = option(True, "codebooks start from k-means of the untrained encoder")
+    kmeans_iters: int = option(50, "k-means iterations (init, rqkmeans)")
+    dead_code_restart: bool = option(True, "re-seat unused codewords after each epoch")
+    collapse_warning_usage: float = option(0.1, "warn when a level uses less of its codebook")
+    epochs: int = option(200, "training epochs")
+    batch_size: int = option(1024, "items per batch")
+    lr: float = option(1e-3, "AdamW learning rate")
+    weight_decay: float = option(1e-4, "AdamW weight decay (networks only)")
+    keep_epochs: int = option(3, "checkpoints kept of the last epochs (MTGRec's tokenizers)")
+    collisions: CollisionMode = option(CollisionMode.dedup, "dedup code, or Sinkhorn re-assignment")
+    sinkhorn_epsilon: float = option(0.05, "entropy weight of the Sinkhorn plan")
+    sinkhorn_iters: int = option(50, "Sinkhorn iterations")
+    device: str = option("cpu", "torch device of the tokenizer")
+    letter: LetterConfig = option(LetterConfig, "LETTER's regularisers")
+    mq: MQConfig = option(MQConfig, "TokenRec's masked tokenizer")
 
-
-class SASRecLoss(Enum):
-    """Full softmax over all items, or the original's BCE against one random negative."""
-
-    ce = "ce"
-    bce = "bce"
-
-
-@dataclass
-class SASRecConfig:
-    """SASRec; `patience` counts validations (every `eval_every` epochs), not epochs.
-
-    Softmax CE is the default: on Beauty it reached validation NDCG@10 0.0395 in 12 epochs
-    where BCE had 0.021 after 30 (same time), and on the synthetic data 0.50 against 0.33.
-    """
-
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 1
-    dropout: float = 0.3
-    max_len: int = 50
-    loss: SASRecLoss = SASRecLoss.ce
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    patience: int = 3
-    eval_every: int = 2
-    device: str = "cpu"
-
-
-@dataclass
-class LightGCNConfig:
-    """LightGCN; `weight_decay` is the BPR L2 weight on the batch's layer-0 embeddings.
-
-    lr 5e-3 reaches the validation NDCG@10 of the paper's 1e-3 in a fifth of the epochs.
-    """
-
-    dim: int = 64
-    layers: int = 3
-    epochs: int = 200
-    batch_size: int = 2048
-    lr: float = 5e-3
-    weight_decay: float = 1e-4
-    patience: int = 5
-    eval_every: int = 5
-    device: str = "cpu"
+    def check(self) -> None:
+        device_name(self, "device")
+        at_least(self, 1, "num_levels", "latent_dim", "kmeans_iters", "epochs", "batch_size")
+        at_least(self, 1, "keep_epochs", "sinkhorn_iters")
+        at_least(self, 2, "codebook_size")
+        at_least(self, 0, "commitment", "weight_decay")
+        positive(self, "lr", "sinkhorn_epsilon")
+        _share(self, "dropout", "ema_decay", "collapse_warning_usage")
+        if not self.hidden_dims or min(self.hidden_dims) < 1:
+            raise Invalid(
+                "hidden_dims", f"must be a non-empty list of widths, got {self.hidden_dims}"
+            )
+        if self.keep_epochs > self.epochs:
+            raise Invalid(
+                "keep_epochs", f"({self.keep_epochs}) exceeds tokenizer.epochs ({self.epochs})"
+            )

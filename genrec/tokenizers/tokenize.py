@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
+from genrec.artifacts import SEMANTIC_IDS, TOKENIZER_CHECKPOINT, TOKENIZER_REPORT
 from genrec.errors import ConfigError, DataError
 from genrec.provenance import (
     atomic_dir,
@@ -36,9 +37,6 @@ from genrec.tokenizers.config import CollisionMode
 from genrec.tokenizers.report import code_report, usage_collapse_levels
 
 log = logging.getLogger(__name__)
-
-REPORT = "report.json"
-SEMANTIC_IDS = "semantic_ids.parquet"
 
 
 def load_vectors(path: Path, expected_rows: int | None = None) -> np.ndarray:
@@ -142,7 +140,7 @@ def fit_and_tokenize(
     tok.fit(x, cf_tensor, epochs)
     fit_seconds = time.perf_counter() - started
     epochs.writer.close()
-    save_tokenizer(tok, out / "tokenizer.pt")
+    save_tokenizer(tok, out / TOKENIZER_CHECKPOINT)
     started = time.perf_counter()
     codes = tok.encode(x).numpy()
     encode_seconds = time.perf_counter() - started
@@ -184,7 +182,7 @@ def tokenize(
         cfg.seed,
         {name: file_digest(path) for name, path in sorted(inputs.items())},
     )
-    if made_with(out_dir / REPORT, key):
+    if made_with(out_dir / TOKENIZER_REPORT, key):
         log.info("tokenize: reusing %s (fingerprint %s)", out_dir, key)
         return out_dir
     vectors = load_vectors(inputs["items"])
@@ -202,7 +200,7 @@ def tokenize(
                 "code": code_version(),
             }
         )
-        write_json(scratch / REPORT, report)
+        write_json(scratch / TOKENIZER_REPORT, report)
     log.info(
         "tokenize: %s",
         json.dumps(

@@ -1,7 +1,9 @@
 """Configuration of the generative recommender: model size, optimisation and evaluation."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
+
+from genrec.schema import Invalid, at_least, device_name, option, positive
 
 
 class Precision(Enum):
@@ -20,16 +22,22 @@ class ModelOptions:
     from `data.max_history`; null keeps the preset's value.
     """
 
-    preset: str = "tiny"
-    d_model: int | None = None
-    num_heads: int | None = None
-    head_dim: int | None = None
-    d_ff: int | None = None
-    encoder_layers: int | None = None
-    decoder_layers: int | None = None
-    dropout: float | None = None
-    num_user_buckets: int | None = None
-    ffn: str | None = None
+    preset: str = option("tiny", "size preset: tiny, small, base or large")
+    d_model: int | None = option(None, "model width")
+    num_heads: int | None = option(None, "attention heads")
+    head_dim: int | None = option(None, "width per head (T5's d_kv)")
+    d_ff: int | None = option(None, "feed-forward width")
+    encoder_layers: int | None = option(None, "encoder blocks")
+    decoder_layers: int | None = option(None, "decoder blocks")
+    dropout: float | None = option(None, "dropout")
+    num_user_buckets: int | None = option(None, "hashed user tokens (0: none)")
+    ffn: str | None = option(None, "feed-forward kind: gated-gelu or relu")
+
+    def check(self) -> None:
+        from genrec.trainer.model import ModelConfig
+
+        overrides = {k: v for k, v in vars(self).items() if k != "preset" and v is not None}
+        ModelConfig.preset(self.preset, **overrides)
 
 
 @dataclass
@@ -39,39 +47,76 @@ class TrainerConfig:
     The defaults suit the built-in synthetic data on a CPU (a few minutes). The dataset presets
     in configs/datasets/ only name the data: the papers' setting is `trainer.model.preset=small`
     and far more epochs (TIGER and LETTER train for hundreds), which wants a GPU.
-
-    `temperature` divides the logits in the cross-entropy: 1 is TIGER's plain loss, below 1
-    LETTER's ranking-guided loss that sharpens the gap between the target and hard negatives.
-    `eval_every` and `checkpoint_every` count optimizer steps; `patience` counts validations.
     """
 
-    epochs: int = 3
-    batch_size: int = 256
-    micro_batch_size: int = 256
-    lr: float = 5e-3
-    min_lr_ratio: float = 0.05
-    warmup_steps: int = 30
-    weight_decay: float = 0.05
-    grad_clip: float = 1.0
-    temperature: float = 1.0
-    eval_every: int = 200
-    patience: int = 5
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 2
-    zero_stage: int = 0
-    precision: Precision = Precision.auto
-    device: str = "auto"
-    shuffle_buffer: int = 4096
-    log_every: int = 20
-    model: ModelOptions = field(default_factory=ModelOptions)
+    epochs: int = option(3, "passes over the training examples")
+    batch_size: int = option(256, "global batch: examples per optimizer step, all workers")
+    micro_batch_size: int | None = option(
+        None, "examples per worker per micro-step; null: batch / workers, capped"
+    )
+    max_micro_batch_size: int = option(256, "cap on the derived micro-batch (worker memory)")
+    lr: float = option(5e-3, "peak learning rate (AdamW)")
+    min_lr_ratio: float = option(0.05, "final learning rate as a share of the peak")
+    warmup_steps: int = option(30, "optimizer steps of linear warm-up")
+    weight_decay: float = option(0.05, "AdamW weight decay (matrices only)")
+    grad_clip: float = option(1.0, "gradient norm clip")
+    temperature: float = option(1.0, "logit temperature of the code loss (< 1: LETTER)")
+    eval_every: int = option(200, "optimizer steps between validations")
+    patience: int = option(5, "validations without progress before the run stops")
+    checkpoint_every: int = option(0, "optimizer steps between checkpoints (0: each validation)")
+    keep_checkpoints: int = option(2, "newest checkpoints Ray keeps")
+    zero_stage: int = option(0, "DeepSpeed ZeRO stage, 0-3")
+    precision: Precision = option(Precision.auto, "auto (bf16 on GPU), fp32 or bf16")
+    device: str = option("auto", "torch device of each worker (auto: its GPU, else CPU)")
+    shuffle_buffer: int = option(4096, "examples in each worker's shuffle buffer")
+    log_every: int = option(20, "optimizer steps between TensorBoard points")
+    model: ModelOptions = option(ModelOptions, "the encoder-decoder's size")
+
+    def check(self) -> None:
+        device_name(self, "device")
+        at_least(self, 1, "epochs", "batch_size", "max_micro_batch_size", "eval_every")
+        at_least(self, 1, "patience", "keep_checkpoints", "log_every")
+        at_least(self, 0, "warmup_steps", "weight_decay", "checkpoint_every", "shuffle_buffer")
+        positive(self, "lr", "temperature", "grad_clip")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise Invalid("micro_batch_size", f"must be >= 1 or null, got {self.micro_batch_size}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise Invalid("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise Invalid("zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}")
+
+
+def batch_plan(trainer: TrainerConfig, workers: int) -> tuple[int, int]:
+    """(micro-batch per worker, micro-steps per optimizer step) that make the global batch for
+    this worker count. A null micro-batch is the worker's share of the batch, or its largest
+    divisor within `max_micro_batch_size` (more micro-steps instead of more memory)."""
+    if trainer.batch_size % workers:
+        raise Invalid(
+            "batch_size",
+            f"({trainer.batch_size}) must be divisible by cluster.num_workers ({workers})",
+        )
+    share = trainer.batch_size // workers
+    micro = trainer.micro_batch_size or next(
+        size for size in range(min(share, trainer.max_micro_batch_size), 0, -1) if share % size == 0
+    )
+    if share % micro:
+        raise Invalid(
+            "micro_batch_size",
+            f"({micro}) must divide each worker's share of trainer.batch_size "
+            f"({trainer.batch_size} / {workers} workers = {share})",
+        )
+    return micro, share // micro
 
 
 @dataclass
 class EvalConfig:
-    """Beam search settings; `valid_users` > 0 validates during training on that many users
-    (a fixed random sample) to save time, the final metrics always use every user."""
+    """How a model is judged; the final metrics always use every user."""
 
-    beam_size: int = 20
-    batch_size: int = 256
-    valid_users: int = 0
-    checkpoint: str | None = None
+    beam_size: int = option(20, "beam width (the ranked list per user)")
+    batch_size: int = option(256, "users decoded at a time")
+    valid_users: int = option(0, "validate during training on a fixed sample (0: all users)")
+    checkpoint: str | None = option(None, "genrec evaluate: a model.pt to judge instead")
+
+    def check(self) -> None:
+        at_least(self, 1, "beam_size", "batch_size")
+        at_least(self, 0, "valid_users")

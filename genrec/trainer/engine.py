@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from genrec.errors import ConfigError
-from genrec.trainer.config import Precision
+from genrec.trainer.config import Precision, batch_plan
 
 
 def resolve_device(name: str) -> torch.device:
@@ -31,22 +31,12 @@ def use_bf16(trainer: DictConfig, device: torch.device) -> bool:
     return trainer.precision is Precision.bf16
 
 
-def accumulation_steps(trainer: DictConfig, world_size: int) -> int:
-    """Micro-steps per optimizer step, so the global batch is the same for any worker count."""
-    per_step = trainer.micro_batch_size * world_size
-    if trainer.batch_size % per_step:
-        raise ConfigError(
-            f"config key 'trainer.batch_size' ({trainer.batch_size}) must be a multiple of "
-            f"trainer.micro_batch_size x workers ({trainer.micro_batch_size} x {world_size})"
-        )
-    return trainer.batch_size // per_step
-
-
 def deepspeed_config(trainer: DictConfig, world_size: int, device: torch.device) -> dict:
+    micro, accumulation = batch_plan(trainer, world_size)
     return {
         "train_batch_size": trainer.batch_size,
-        "train_micro_batch_size_per_gpu": trainer.micro_batch_size,
-        "gradient_accumulation_steps": accumulation_steps(trainer, world_size),
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accumulation,
         "gradient_clipping": trainer.grad_clip,
         "zero_optimization": {"stage": trainer.zero_stage},
         "bf16": {"enabled": use_bf16(trainer, device)},

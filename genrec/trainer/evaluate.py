@@ -1,11 +1,13 @@
-"""Full-ranking evaluation of a generative recommender through constrained beam search.
+"""Full-ranking evaluation of a recommender through its method's ranker (beam search for the
+generative methods).
 
-A target's rank is its position in the user's beam; a target outside the beam counts as a
-miss for every K up to the beam width, so Recall/NDCG@K are exact for K <= beam_size.
+A target's rank is its position in the user's top-k list; a target outside the list counts as
+a miss for every K up to k, so Recall/NDCG@K are exact for K <= k (`evaluate.beam_size`).
 """
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +16,24 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from genrec.data_pipeline.prepare import load_manifest
+from genrec.cf.popularity import popularity_metrics
+from genrec.data_pipeline.prepared import EvalSet, load_prepared
 from genrec.errors import DataError
 from genrec.metrics import KS, ranking_metrics, ranks_in_lists
-from genrec.provenance import code_version, file_digest, fingerprint, to_plain, write_json
-from genrec.tokenizers.cf_training import EvalSet, load_cf_data, popularity_metrics
-from genrec.tokenizers.tokenize import SEMANTIC_IDS
-from genrec.trainer.beam_search import beam_search
+from genrec.provenance import (
+    code_version,
+    file_digest,
+    fingerprint,
+    made_with,
+    to_plain,
+    write_json,
+)
 from genrec.trainer.checkpoint import load_model
 from genrec.trainer.engine import resolve_device
+from genrec.trainer.hooks import MethodHooks
 from genrec.trainer.item_codes import ItemCodes
-from genrec.trainer.model import GenerativeRecommender, code_cross_entropy
-from genrec.trainer.trie import ItemTrie
+from genrec.trainer.objective import Batch, Objective
+from genrec.trainer.ranking import Ranker
 
 log = logging.getLogger(__name__)
 
@@ -41,72 +49,65 @@ def left_padded(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> to
     return torch.as_tensor(padded, dtype=torch.long)
 
 
-def take_rows(split: EvalSet, rows: np.ndarray) -> EvalSet:
-    """The given users of a split, in the order given."""
-    starts, stops = split.offsets[rows], split.offsets[rows + 1]
-    offsets = np.concatenate([[0], np.cumsum(stops - starts)])
-    parts = [split.history[a:b] for a, b in zip(starts, stops, strict=True)]
-    history = np.concatenate(parts) if parts else split.history[:0]
-    return EvalSet(split.name, split.users[rows], offsets, history, split.targets[rows])
-
-
-def subsample(split: EvalSet, users: int, seed: int) -> EvalSet:
-    """A fixed random subset of a split (all of it when users <= 0), order kept."""
-    if users <= 0 or users >= split.users.size:
-        return split
-    rows = np.sort(np.random.default_rng(seed).choice(split.users.size, users, replace=False))
-    return take_rows(split, rows)
+def eval_batches(
+    split: EvalSet, codes: ItemCodes, batch_size: int, desc: str | None = None
+) -> Iterator[tuple[np.ndarray, Batch]]:
+    """(rows, batch) over a split, read in code group 0; a progress bar when `desc` is given."""
+    starts = range(0, split.targets.size, batch_size)
+    for start in tqdm(starts, desc=desc, disable=desc is None):
+        rows = np.arange(start, min(start + batch_size, split.targets.size))
+        columns = {
+            "user": torch.as_tensor(split.users[rows]),
+            "history": left_padded(split.offsets, split.history, rows),
+            "target": torch.as_tensor(split.targets[rows]),
+            "group": torch.zeros(rows.size, dtype=torch.long),
+        }
+        yield rows, Batch.coded(columns, codes, codes.table.device)
 
 
 @torch.no_grad()
 def split_metrics(
-    model: GenerativeRecommender,
+    model: torch.nn.Module,
+    ranker: Ranker,
     codes: ItemCodes,
-    trie: ItemTrie,
     split: EvalSet,
-    beam_size: int,
+    k: int,
     batch_size: int,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Recall and NDCG at every K up to the beam width, from each target's rank in its beam."""
-    device = codes.table.device
+    """Recall and NDCG at every K up to k, from each target's rank in its top-k list."""
     was_training = model.training
     model.eval()
     ranks = []
-    batches = range(0, split.targets.size, batch_size)
-    for start in tqdm(batches, desc=f"beam search {split.name}", disable=not progress):
-        rows = np.arange(start, min(start + batch_size, split.targets.size))
-        history = codes(left_padded(split.offsets, split.history, rows).to(device))
-        users = torch.as_tensor(split.users[rows], device=device)
-        user = users if model.config.num_user_buckets else None
-        items, _ = beam_search(model, trie, history, beam_size, user)
+    desc = f"rank {split.name}" if progress else None
+    for rows, batch in eval_batches(split, codes, batch_size, desc):
+        items = ranker.top_k(model, batch.history_codes, batch.user, k)
         ranks.append(ranks_in_lists(items.cpu().numpy(), split.targets[rows]))
     model.train(was_training)
-    return ranking_metrics(np.concatenate(ranks), tuple(k for k in KS if k <= beam_size))
+    return ranking_metrics(np.concatenate(ranks), tuple(x for x in KS if x <= k))
 
 
 @torch.no_grad()
 def split_loss(
-    model: GenerativeRecommender, codes: ItemCodes, split: EvalSet, batch_size: int
+    model: torch.nn.Module, objective: Objective, codes: ItemCodes, split: EvalSet, batch_size: int
 ) -> float:
-    """Teacher-forced cross-entropy of the split's targets: a smooth signal beside the ranks."""
-    device = codes.table.device
+    """The training objective on the split's targets: a smooth signal beside the ranks."""
     was_training = model.training
     model.eval()
     total = 0.0
-    for start in range(0, split.targets.size, batch_size):
-        rows = np.arange(start, min(start + batch_size, split.targets.size))
-        history = codes(left_padded(split.offsets, split.history, rows).to(device))
-        target = codes(torch.as_tensor(split.targets[rows], device=device))
-        user = torch.as_tensor(split.users[rows], device=device)
-        logits = model(history, target, user if model.config.num_user_buckets else None)
-        total += code_cross_entropy(logits, target).item() * rows.size
+    for rows, batch in eval_batches(split, codes, batch_size):
+        total += objective(model, batch)[0].item() * rows.size
     model.train(was_training)
     return total / max(split.targets.size, 1)
 
 
+def table_digests(paths: list[Path]) -> list[str]:
+    return [file_digest(path) for path in paths]
+
+
 def evaluate_checkpoint(
     cfg: DictConfig,
+    method: MethodHooks,
     checkpoint: Path,
     data_dir: Path,
     tokenizer_dir: Path,
@@ -117,39 +118,34 @@ def evaluate_checkpoint(
 
     Reuses `out` when the checkpoint, baselines and evaluation settings are unchanged.
     """
-    key = fingerprint(file_digest(checkpoint), to_plain(cfg.evaluate), baselines)
-    try:
-        previous = json.loads(Path(out).read_text())
-        if previous["fingerprint"] == key:
-            log.info("evaluate: reusing %s", out)
-            return previous
-    except (OSError, ValueError, KeyError):
-        pass
+    key = fingerprint(file_digest(checkpoint), to_plain(cfg.evaluate), baselines, method.name)
+    if made_with(out, key):
+        log.info("evaluate: reusing %s", out)
+        return json.loads(Path(out).read_text())
     device = resolve_device(cfg.trainer.device)
-    model, saved = load_model(checkpoint, device)
-    ids = tokenizer_dir / "items" / SEMANTIC_IDS
-    if saved.get("semantic_ids", file_digest(ids)) != file_digest(ids):
+    model, saved = load_model(checkpoint, method.build_model, device)
+    tables = method.code_tables(tokenizer_dir)
+    if saved.get("semantic_ids", table_digests(tables)) != table_digests(tables):
         raise DataError(
-            str(ids),
+            str(tables[0]),
             f"differs from the semantic IDs {checkpoint} was trained on; evaluate it "
             "with the tokenizer config it was trained with",
         )
-    num_items = load_manifest(data_dir)["num_items"]
-    codes = ItemCodes.load(ids, num_items, model.config.codebook_size).to(device)
-    trie = ItemTrie.from_codes(codes.table.cpu()).to(device)
-    beam, batch = cfg.evaluate.beam_size, cfg.evaluate.batch_size
-    data = load_cf_data(data_dir)
+    data = load_prepared(data_dir)
+    codes = ItemCodes.load(tables, data.num_items, model.config.codebook_size).to(device)
+    ranker = method.ranker(cfg, codes)
+    k, batch = cfg.evaluate.beam_size, cfg.evaluate.batch_size
     metrics = {
-        split.name: split_metrics(model, codes, trie, split, beam, batch)
+        split.name: split_metrics(model, ranker, codes, split, k, batch)
         for split in (data.valid, data.test)
     }
     result = {
         **metrics,
         "baselines": {"popularity": popularity_metrics(data), **baselines},
-        "method": saved.get("config", {}).get("method"),
+        "method": method.name,
         "checkpoint": str(checkpoint),
         "trained_steps": saved.get("step"),
-        "beam_size": beam,
+        "beam_size": k,
         "parameters": model.num_parameters(),
         "fingerprint": key,
         "config": to_plain(cfg),

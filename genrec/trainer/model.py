@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genrec.errors import ConfigError
+from genrec.schema import Invalid, at_least
 
 PAD = 0
 BOS = 1
@@ -39,35 +39,31 @@ class ModelConfig:
     ffn: str = "gated-gelu"
 
     def __post_init__(self) -> None:
-        for name in ("num_levels", "codebook_size", "dedup_size", "d_model", "num_heads", "d_ff"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("encoder_layers", "decoder_layers", "num_user_buckets"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"model.{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_history_items < 1:
-            raise ConfigError(f"model.max_history_items must be >= 1, got {self.max_history_items}")
+        at_least(self, 1, "num_levels", "codebook_size", "dedup_size", "d_model", "num_heads")
+        at_least(self, 1, "d_ff", "max_history_items")
+        at_least(self, 0, "encoder_layers", "decoder_layers", "num_user_buckets")
         if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+            raise Invalid("dropout", f"must be in [0, 1), got {self.dropout}")
         if self.ffn not in FFN_KINDS:
-            raise ConfigError(f"model.ffn must be one of {FFN_KINDS}, got {self.ffn!r}")
+            raise Invalid("ffn", f"must be one of {FFN_KINDS}, got {self.ffn!r}")
         if self.head_dim is None and self.d_model % self.num_heads:
-            raise ConfigError(
-                f"model.d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
-                "set model.head_dim (T5's d_kv) explicitly"
+            raise Invalid(
+                "d_model",
+                f"({self.d_model}) is not divisible by num_heads ({self.num_heads}); set "
+                "head_dim (T5's d_kv) explicitly",
             )
-        if self.head_dim is not None and self.head_dim < 1:
-            raise ConfigError(f"model.head_dim must be at least 1, got {self.head_dim}")
+        if self.head_dim is not None:
+            at_least(self, 1, "head_dim")
 
     @classmethod
     def preset(cls, name: str, **overrides: object) -> "ModelConfig":
         """A named size preset, with any field overridden."""
         if name not in PRESETS:
-            raise ConfigError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+            raise Invalid("preset", f"is unknown: {name!r}; choose one of {sorted(PRESETS)}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ConfigError(f"unknown model config keys {unknown}")
+            raise Invalid(unknown[0], "is not a model config key")
         return replace(cls(**PRESETS[name]), **overrides)
 
     @property
@@ -334,11 +330,16 @@ class DecoderCache:
 
 
 class GenerativeRecommender(nn.Module):
-    """Encoder over history codes, decoder over the next item's codes."""
+    """Encoder over history codes, decoder over the next item's codes.
 
-    def __init__(self, config: ModelConfig):
+    Shapes are always checked; code values, padding and user ids only with `debug` (each such
+    check is a host-device sync). genrec checks ids where they enter instead: the semantic-ID
+    tables when loaded, the item ids of every shard as it is read.
+    """
+
+    def __init__(self, config: ModelConfig, debug: bool = False):
         super().__init__()
-        self.config = config
+        self.config, self.debug = config, debug
         d = config.d_model
         self.embed = nn.Embedding(config.vocab_size, d)
         self.enc_level = nn.Embedding(config.codes_per_item, d)
@@ -382,9 +383,11 @@ class GenerativeRecommender(nn.Module):
         """History [B, H, L+1] (padding items all -1, any order of padding) -> memory, mask.
 
         Items are oldest first; the item-position embedding counts back from the newest real
-        item, so how much padding surrounds a history does not change its encoding.
+        item, so how much padding surrounds a history does not change its encoding. `user`
+        [B] is read only by a model with user buckets (its first token is the hashed user).
         """
         valid = self._check_history(history_codes)
+        user = self._check_user(user, history_codes.size(0))
         batch, items, width = history_codes.shape
         tokens = torch.where(valid[..., None], history_codes + self.level_offsets, PAD)
         recency = (valid.flip(1).cumsum(1).flip(1) - 1).clamp(min=0)
@@ -392,10 +395,10 @@ class GenerativeRecommender(nn.Module):
         x = x.view(batch, items * width, -1)
         mask = valid.repeat_interleave(width, dim=1)
         if user is not None:
-            user_token = self._user_tokens(user, batch)
+            user_token = USER_OFFSET + user % self.config.num_user_buckets
             x = torch.cat([self.embed(user_token)[:, None], x], dim=1)
             mask = torch.cat([mask.new_ones(batch, 1), mask], dim=1)
-        elif not valid.any(1).all():
+        elif self.debug and not valid.any(1).all():
             raise ValueError("every history needs at least one item when no user is given")
         x = self.dropout(x)
         for block in self.encoder:
@@ -478,9 +481,11 @@ class GenerativeRecommender(nn.Module):
         return self.dec_norm(x)
 
     def _check_codes(self, codes: Tensor, name: str) -> None:
-        """Codes [..., n] with n <= L+1, each within its level's range."""
+        """Codes [..., n] with n <= L+1, each within its level's range (values: debug only)."""
         if codes.dtype != torch.long:
             raise ValueError(f"{name} must be int64 (torch.long), got {codes.dtype}")
+        if not self.debug:
+            return
         sizes = self.level_sizes[: codes.size(-1)]
         bad = (codes < 0) | (codes >= sizes)
         if bad.any():
@@ -501,7 +506,7 @@ class GenerativeRecommender(nn.Module):
         self._check_codes(target_codes, "target_codes")
 
     def _check_history(self, history_codes: Tensor) -> Tensor:
-        """Validates history codes and returns which items are real (not padding)."""
+        """Checks history codes and returns which items are real (not padding)."""
         width = self.config.codes_per_item
         if history_codes.dim() != 3 or history_codes.size(-1) != width:
             raise ValueError(
@@ -509,9 +514,11 @@ class GenerativeRecommender(nn.Module):
                 f"got {list(history_codes.shape)}"
             )
         valid = history_codes[..., 0] >= 0
+        self._check_codes(history_codes.clamp(min=0), "history_codes")
+        if not self.debug:
+            return valid
         if ((history_codes >= 0) != valid[..., None]).any():
             raise ValueError("a padding item in history_codes must be -1 in every code position")
-        self._check_codes(history_codes.clamp(min=0), "history_codes")
         longest = int(valid.sum(1).max()) if valid.numel() else 0
         if longest > self.config.max_history_items:
             raise ValueError(
@@ -520,15 +527,16 @@ class GenerativeRecommender(nn.Module):
             )
         return valid
 
-    def _user_tokens(self, user: Tensor, batch: int) -> Tensor:
-        """Hashes user ids into the configured buckets (modulo), one token per user."""
-        if self.config.num_user_buckets == 0:
-            raise ValueError("a user was given but the model has num_user_buckets=0")
-        if user.dtype != torch.long or user.shape != (batch,):
+    def _check_user(self, user: Tensor | None, batch: int) -> Tensor | None:
+        """The user ids a model with user buckets reads (None for a model without)."""
+        if not self.config.num_user_buckets:
+            return None
+        if user is None or user.dtype != torch.long or user.shape != (batch,):
+            got = "None" if user is None else f"{user.dtype} {list(user.shape)}"
             raise ValueError(
-                f"user must be an int64 tensor of shape [{batch}], got "
-                f"{user.dtype} {list(user.shape)}"
+                f"a model with num_user_buckets > 0 needs user: an int64 tensor of shape "
+                f"[{batch}], got {got}"
             )
-        if (user < 0).any():
+        if self.debug and (user < 0).any():
             raise ValueError("user ids must be non-negative")
-        return USER_OFFSET + user % self.config.num_user_buckets
+        return user

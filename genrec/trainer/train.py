@@ -1,14 +1,14 @@
-"""The generative recommender's training loop around a DeepSpeed engine: one rank of many.
+"""The shared training loop around a DeepSpeed engine: one rank of many, any method.
 
-Every prefix of a user's training sequence predicts its next item. The loop validates every
-`trainer.eval_every` optimizer steps with constrained beam search (each rank scores a slice of
-the validation users), keeps the weights with the best validation NDCG@10, stops after
-`trainer.patience` validations without progress, and checkpoints as it goes. Where the batches
-come from and where checkpoints go is the caller's business (genrec/cluster/train_job.py runs
-it on Ray Train). The test split is never read here.
+Every prefix of a user's training sequence predicts its next item; the method turns each batch
+into a loss (its `objective`) and ranks items for validation (its `ranker`). The loop validates
+every `trainer.eval_every` optimizer steps (each rank scores a slice of the validation users),
+keeps the weights with the best validation NDCG@10, stops after `trainer.patience` validations
+without progress, and checkpoints its named states as it goes. Where the batches come from and
+where checkpoints go is the caller's business (genrec/cluster/train_job.py runs it on Ray
+Train). The test split is never read here.
 """
 
-import json
 import logging
 import math
 import time
@@ -21,35 +21,27 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
+from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from genrec.artifacts import SELECT_METRIC
 from genrec.data_pipeline.prepare import load_manifest
-from genrec.errors import ConfigError
-from genrec.provenance import code_version, file_digest, fingerprint, to_plain, write_json
-from genrec.tokenizers.cf_training import load_eval_set
-from genrec.tokenizers.tokenize import REPORT, SEMANTIC_IDS
-from genrec.trainer.checkpoint import load_model, save_model
+from genrec.data_pipeline.prepared import load_eval_set
+from genrec.provenance import code_version, fingerprint, to_plain
+from genrec.trainer.checkpoint import model_payload
 from genrec.trainer.engine import build_engine, full_state_dict, resolve_device
-from genrec.trainer.evaluate import split_loss, split_metrics, subsample, take_rows
+from genrec.trainer.evaluate import split_loss, split_metrics, table_digests
+from genrec.trainer.hooks import MethodHooks
 from genrec.trainer.item_codes import ItemCodes
-from genrec.trainer.model import GenerativeRecommender, ModelConfig, code_cross_entropy
-from genrec.trainer.trie import ItemTrie
+from genrec.trainer.model import GenerativeRecommender, ModelConfig
+from genrec.trainer.objective import Batch
+from genrec.trainer.state import Stateful, load_states, save_states
 
-MODEL_FILE = "model.pt"
-SUMMARY_FILE = "train.json"
-STATE_FILE = "state.json"
 DEEPSPEED_TAG = "deepspeed"
-SELECT_METRIC = "ndcg@10"
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 
 log = logging.getLogger(__name__)
-
-
-def item_codes(cfg: DictConfig, data_dir: Path, tokenizer_dir: Path) -> ItemCodes:
-    num_items = load_manifest(data_dir)["num_items"]
-    path = tokenizer_dir / "items" / SEMANTIC_IDS
-    return ItemCodes.load(path, num_items, cfg.tokenizer.codebook_size)
 
 
 def model_config(cfg: DictConfig, codes: ItemCodes) -> ModelConfig:
@@ -65,13 +57,13 @@ def model_config(cfg: DictConfig, codes: ItemCodes) -> ModelConfig:
     )
 
 
-def train_fingerprint(cfg: DictConfig, data_dir: Path, tokenizer_dir: Path) -> str:
+def train_fingerprint(cfg: DictConfig, data_dir: Path, tables: list[Path]) -> str:
     """Everything the trained weights depend on, the worker count included (it sets the order
     in which the shards reach the model)."""
-    tokenizer = json.loads((tokenizer_dir / REPORT).read_text())["fingerprint"]
     return fingerprint(
         load_manifest(data_dir)["fingerprint"],
-        tokenizer,
+        table_digests(tables),
+        cfg.method,
         to_plain(cfg.trainer),
         cfg.cluster.num_workers,
         cfg.data.max_history,
@@ -89,21 +81,9 @@ def peak_flops(device: torch.device) -> float | None:
     return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
 
 
-def check_trainer(trainer: DictConfig) -> None:
-    for key in ("epochs", "batch_size", "micro_batch_size", "eval_every", "patience"):
-        if trainer[key] < 1:
-            raise ConfigError(f"config key 'trainer.{key}' must be >= 1, got {trainer[key]}")
-    if trainer.temperature <= 0:
-        raise ConfigError(
-            f"config key 'trainer.temperature' must be > 0, got {trainer.temperature}"
-        )
-    if trainer.zero_stage not in (0, 1, 2, 3):
-        raise ConfigError(f"config key 'trainer.zero_stage' must be 0-3, got {trainer.zero_stage}")
-
-
 @dataclass
 class Progress:
-    """What the loop knows about itself; saved into checkpoints and train.json."""
+    """What the loop knows about itself; a named state of every checkpoint, and train.json."""
 
     step: int = 0
     samples: int = 0
@@ -112,23 +92,54 @@ class Progress:
     best: dict[str, float] = field(default_factory=lambda: {SELECT_METRIC: -1.0})
     stale: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    losses: list[list[float]] = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+class BestModel:
+    """The best-validation weights, saved as the consolidated `model.pt` a user evaluates."""
+
+    def __init__(self, model: GenerativeRecommender, progress: Progress, provenance: dict):
+        self.model, self.progress, self.provenance = model, progress, provenance
+
+    def state_dict(self) -> dict[str, Any]:
+        p = self.progress
+        return model_payload(self.model, step=p.best_step, valid=p.best, **self.provenance)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["state_dict"])
 
 
 class Meter:
-    """Samples, tokens and seconds since the last report."""
+    """Samples, tokens, seconds and loss terms since the last report; the terms stay on the
+    device until read, so training never waits for them."""
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
-        self.samples, self.tokens, self.history_items = 0, 0, 0
+        self.samples, self.tokens, self.history_items, self.steps = 0, 0, 0, 0
+        self.terms: dict[str, Tensor] = {}
         self.started = time.perf_counter()
 
-    def add(self, history: torch.Tensor, codes_per_item: int) -> None:
+    def add(self, history: Tensor, terms: dict[str, Tensor], codes_per_item: int) -> None:
+        """`history`: the batch's item ids on the host, [B, H]."""
         items = int((history >= 0).sum())
         self.samples += history.size(0)
         self.history_items += items
         self.tokens += (items + history.size(0)) * codes_per_item
+        self.steps += 1
+        for name, value in terms.items():
+            self.terms[name] = self.terms.get(name, 0.0) + value.detach().float()
+
+    def means(self) -> dict[str, float]:
+        return {name: float(total) / max(self.steps, 1) for name, total in self.terms.items()}
 
     def rates(self) -> dict[str, float]:
         seconds = max(time.perf_counter() - self.started, 1e-9)
@@ -140,48 +151,49 @@ class Meter:
 
 
 class Loop:
-    """One rank's training: engine, validation slice, best weights and bookkeeping."""
+    """One rank's training: engine, the method's objective and ranker, validation slice, the
+    best weights and the named states a checkpoint saves."""
 
-    def __init__(self, cfg: DictConfig, data_dir: Path, tokenizer_dir: Path, key: str):
+    def __init__(
+        self, cfg: DictConfig, data_dir: Path, tokenizer_dir: Path, key: str, method: MethodHooks
+    ):
         self.cfg, self.trainer = cfg, cfg.trainer
+        manifest = load_manifest(data_dir)
+        tables = method.code_tables(tokenizer_dir)
         self.provenance = {
             "fingerprint": key,
-            "semantic_ids": file_digest(tokenizer_dir / "items" / SEMANTIC_IDS),
+            "method": method.name,
+            "semantic_ids": table_digests(tables),
             "config": to_plain(cfg),
             "code": code_version(),
         }
         self.device = resolve_device(cfg.trainer.device)
-        self.codes = item_codes(cfg, data_dir, tokenizer_dir).to(self.device)
-        self.trie = ItemTrie.from_codes(self.codes.table.cpu()).to(self.device)
+        codes = ItemCodes.load(tables, manifest["num_items"], cfg.tokenizer.codebook_size)
+        self.codes = codes.to(self.device)
         torch.manual_seed(cfg.seed)
         config = model_config(cfg, self.codes)
-        self.model = GenerativeRecommender(config)
-        self.eval_model = GenerativeRecommender(config).to(self.device)
-        self.best_model = GenerativeRecommender(config)
-        self.examples_per_epoch = load_manifest(data_dir)["num_train_examples"]
+        self.model = method.build_model(config)
+        self.eval_model = method.build_model(config).to(self.device)
+        self.objective, self.ranker = method.objective(cfg), method.ranker(cfg, self.codes)
+        self.examples_per_epoch = manifest["num_train_examples"]
         epochs = self.examples_per_epoch * self.trainer.epochs
         self.total_steps = math.ceil(epochs / self.trainer.batch_size)
         self.engine = build_engine(self.model, self.trainer, self.total_steps, self.device)
         self.rank, self.world_size = self.engine.global_rank, self.engine.world_size
-        valid = subsample(load_eval_set(data_dir, "valid"), cfg.evaluate.valid_users, cfg.seed)
-        if valid.users.size < self.world_size:
-            raise ConfigError(
-                f"{valid.users.size} validation users cannot be shared by "
-                f"{self.world_size} workers (evaluate.valid_users, cluster.num_workers)"
-            )
-        self.valid = take_rows(valid, np.arange(self.rank, valid.users.size, self.world_size))
+        valid = load_eval_set(data_dir, "valid").subsample(cfg.evaluate.valid_users, cfg.seed)
+        self.valid = valid.take(np.arange(self.rank, valid.users.size, self.world_size))
         self.peak = peak_flops(self.device)
         self.progress = Progress()
+        best = BestModel(method.build_model(config), self.progress, self.provenance)
+        self.best_model = best.model
+        self.states: dict[str, Stateful] = {"progress": self.progress, "model": best}
 
-    def micro_step(self, batch: dict[str, torch.Tensor]) -> float:
-        history = self.codes(batch["history"].to(self.device, non_blocking=True))
-        target = self.codes(batch["target"].to(self.device, non_blocking=True))
-        user = batch["user"].to(self.device) if self.model.config.num_user_buckets else None
-        logits = self.engine(history, target, user)
-        loss = code_cross_entropy(logits, target, self.trainer.temperature)
+    def micro_step(self, rows: dict[str, Any]) -> dict[str, Tensor]:
+        """One forward and backward (and optimizer step at the end of an accumulation)."""
+        loss, terms = self.objective(self.engine, Batch.coded(rows, self.codes, self.device))
         self.engine.backward(loss)
         self.engine.step()
-        return loss.item()
+        return {"loss": loss.detach(), **terms}
 
     def everyone_has(self, batch: dict | None) -> int:
         """The examples in this micro-step over all ranks, or 0 once any rank has run dry:
@@ -200,19 +212,20 @@ class Loop:
 
     def validate(self, writer: SummaryWriter | None) -> dict[str, float]:
         """Validation metrics over all ranks' users, the same on every rank."""
-        p = self.progress
+        p, evaluate = self.progress, self.cfg.evaluate
         self.eval_model.load_state_dict(full_state_dict(self.engine))
-        batch = self.cfg.evaluate.batch_size
         local = split_metrics(
             self.eval_model,
+            self.ranker,
             self.codes,
-            self.trie,
             self.valid,
-            self.cfg.evaluate.beam_size,
-            batch,
+            evaluate.beam_size,
+            evaluate.batch_size,
             progress=False,
         )
-        local["loss"] = split_loss(self.eval_model, self.codes, self.valid, batch)
+        local["loss"] = split_loss(
+            self.eval_model, self.objective, self.codes, self.valid, evaluate.batch_size
+        )
         metrics = self.mean_over_ranks(local, int(self.valid.users.size))
         if writer is not None:
             for key, value in metrics.items():
@@ -237,37 +250,29 @@ class Loop:
     def epoch(self) -> float:
         return round(self.progress.samples / self.examples_per_epoch, 3)
 
-    def save(self, folder: Path, position: dict[str, Any]) -> None:
-        """This rank's DeepSpeed state; rank 0 adds the loop's state and the best weights."""
+    def save(self, folder: Path) -> None:
+        """This rank's DeepSpeed state; rank 0 adds the named states (the same on every rank)."""
         self.engine.save_checkpoint(str(folder), tag=DEEPSPEED_TAG)
         if self.rank == 0:
-            state = {"progress": asdict(self.progress), "position": position}
-            write_json(folder / STATE_FILE, {**state, **self.provenance})
-            if self.progress.best_step:
-                self.save_best(folder / MODEL_FILE)
+            save_states(folder, self.states)
 
-    def save_best(self, path: Path) -> None:
-        p = self.progress
-        save_model(self.best_model, path, step=p.best_step, valid=p.best, **self.provenance)
-
-    def restore(self, folder: Path) -> dict[str, Any]:
-        """Loads a checkpoint written by `save` and returns the data position stored in it."""
+    def restore(self, folder: Path) -> None:
+        """Loads a checkpoint written by `save`: the engine and every named state."""
         self.engine.load_checkpoint(str(folder), tag=DEEPSPEED_TAG)
-        state = json.loads((folder / STATE_FILE).read_text())
-        self.progress = Progress(**state["progress"])
-        if (folder / MODEL_FILE).exists():
-            self.best_model.load_state_dict(load_model(folder / MODEL_FILE)[0].state_dict())
-        return state["position"]
+        load_states(folder, self.states)
 
-    def log_rates(self, writer: SummaryWriter | None, meter: Meter, loss: float) -> None:
-        """Samples/s of every rank and in total (a collective: all ranks call it)."""
-        step, rates = self.progress.step, meter.rates()
+    def log_terms(self, writer: SummaryWriter | None, meter: Meter) -> dict[str, float]:
+        """Loss terms and samples/s of every rank and in total (a collective: all ranks call
+        it); the mean loss since the last call joins the progress for the run report."""
+        step, rates, terms = self.progress.step, meter.rates(), meter.means()
         per_rank = [None] * self.world_size
         dist.all_gather_object(per_rank, rates["samples_per_s"])
         meter.reset()
+        self.progress.losses.append([step, terms["loss"]])
         if writer is None:
-            return
-        writer.add_scalar("train/loss", loss, step)
+            return terms
+        for name, value in terms.items():
+            writer.add_scalar(f"train/{name}", value, step)
         writer.add_scalar("train/lr", self.engine.get_lr()[0], step)
         writer.add_scalar("perf/samples_per_s", sum(per_rank), step)
         for rank, value in enumerate(per_rank):
@@ -277,6 +282,7 @@ class Loop:
             flops = self.model.flops_per_example(max(1, round(rates["mean_history"])))
             mfu = sum(per_rank) * flops / (self.peak * self.world_size)
             writer.add_scalar("perf/mfu", mfu, step)
+        return terms
 
     def run(
         self,
@@ -294,24 +300,26 @@ class Loop:
             initial=p.step,
             desc="train",
             unit="step",
-            mininterval=5,
+            mininterval=10,
             disable=self.rank != 0,
         )
         stop, loss = False, float("nan")
-        while not stop and (examples := self.everyone_has(batch := next(batches, None))):
+        while not stop and (examples := self.everyone_has(rows := next(batches, None))):
             started = time.perf_counter()
-            loss = self.micro_step(batch)
-            trained(batch)
+            terms = self.micro_step(rows)
+            trained(rows)
             p.train_seconds += time.perf_counter() - started
-            meter.add(batch["history"], self.model.config.codes_per_item)
+            meter.add(rows["history"], terms, self.model.config.codes_per_item)
             p.samples += examples
             if self.engine.global_steps == p.step:
                 continue
             p.step = self.engine.global_steps
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", best=f"{p.best[SELECT_METRIC]:.4f}")
             if p.step % self.trainer.log_every == 0:
-                self.log_rates(writer, meter, loss)
+                loss = self.log_terms(writer, meter)["loss"]
+                bar.set_postfix(
+                    loss=f"{loss:.3f}", best=f"{p.best[SELECT_METRIC]:.4f}", refresh=False
+                )
             metrics = {"step": p.step, "train_loss": loss, "epoch": self.epoch()}
             validated = p.step % self.trainer.eval_every == 0
             if validated:

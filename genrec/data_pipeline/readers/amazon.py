@@ -208,7 +208,7 @@ def read_amazon(cfg: DataConfig) -> RawLog:
     table = reviews.table
     users = parse_ids(table["user"].combine_chunks(), id_type, source, reviews.where, "user id")
     items = parse_ids(table["item"].combine_chunks(), id_type, source, reviews.where, "item id")
-    times = order_key(table["time"], source, schema.time)
+    times = order_key(table["time"], source, schema.time, reviews.where)
     sources, item_table, skipped = [source], None, reviews.skipped
     if cfg.items:
         item_table, skipped_products = _item_table(existing_file(cfg.items), cfg, items)

@@ -91,7 +91,7 @@ def read_movielens(cfg: DataConfig) -> RawLog:
     user_column, item_column, time_column = table.column_names
     users = parse_ids(table[user_column].combine_chunks(), IdType.int, source, where, "user id")
     items = parse_ids(table[item_column].combine_chunks(), IdType.int, source, where, "movie id")
-    times = order_key(table[time_column], source, time_column)
+    times = order_key(table[time_column], source, time_column, where)
     sources, item_table = [source], None
     movies = item_file(cfg)
     if movies is not None:

@@ -1,6 +1,7 @@
 """Interaction logs as CSV/TSV/Parquet with user, item and timestamp columns."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from functools import reduce
 from pathlib import Path
 
@@ -106,8 +107,11 @@ def _row_name(row: int, first_line: int) -> str:
     return f"line {row + first_line}" if first_line else f"row {row}"
 
 
-def order_key(values: pa.ChunkedArray | pa.Array, source: str, column: str) -> np.ndarray:
-    """Timestamps as int64 (numbers, or dates parsed by pyarrow) for ordering."""
+def order_key(
+    values: pa.ChunkedArray | pa.Array, source: str, column: str, where: Callable[[int], str]
+) -> np.ndarray:
+    """Timestamps as int64 (numbers, or dates parsed by pyarrow) for ordering; a value that is
+    neither stops with an error naming its row (`where(i)` names row i)."""
     values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
     if pa.types.is_timestamp(values.type) or pa.types.is_date(values.type):
         return pc.cast(pc.cast(values, pa.timestamp("s")), pa.int64()).to_numpy()
@@ -115,7 +119,27 @@ def order_key(values: pa.ChunkedArray | pa.Array, source: str, column: str) -> n
         return values.to_numpy().astype(
             np.int64 if pa.types.is_integer(values.type) else np.float64
         )
-    raise DataError(source, f"column '{column}' holds {values.type}, not numbers or timestamps")
+    texts = values.to_pylist()
+    row = next((i for i, text in enumerate(texts) if not _is_time(text)), None)
+    if row is None:
+        raise DataError(source, f"column '{column}' holds {values.type}, not numbers or timestamps")
+    raise DataError(
+        source, f"{where(row)}: column '{column}' holds {texts[row]!r}, not a number or a date"
+    )
+
+
+def _is_time(text: object) -> bool:
+    """A number or an ISO date: what the readers accept as a timestamp."""
+    try:
+        float(str(text))
+        return True
+    except ValueError:
+        pass
+    try:
+        datetime.fromisoformat(str(text))
+        return True
+    except ValueError:
+        return False
 
 
 def read_log(cfg: DataConfig) -> RawLog:
@@ -133,7 +157,7 @@ def read_log(cfg: DataConfig) -> RawLog:
     items = parse_ids(
         table[cfg.item_column].combine_chunks(), cfg.id_type, source, where, "item id"
     )
-    times = order_key(table[cfg.time_column], source, cfg.time_column)
+    times = order_key(table[cfg.time_column], source, cfg.time_column, where)
     table = optional_item_table(cfg.items, cfg.item_id_column, cfg.text_columns, items)
     return RawLog(
         users=users,

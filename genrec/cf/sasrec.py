@@ -15,18 +15,12 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from genrec.artifacts import ITEM_EMBEDDINGS, MODEL
+from genrec.cf.config import SASRecConfig, SASRecLoss
+from genrec.cf.training import split_batches, train_cf_model
+from genrec.data_pipeline.prepared import EvalSet, PreparedData
 from genrec.data_pipeline.preprocess import ragged_gather
-from genrec.errors import ConfigError, DataError
-from genrec.tokenizers.cf_training import (
-    MODEL_FILE,
-    CFData,
-    EvalSet,
-    split_batches,
-    train_cf_model,
-)
-from genrec.tokenizers.config import SASRecConfig, SASRecLoss
-
-EMBEDDINGS_FILE = "item_embeddings.npy"
+from genrec.errors import DataError
 
 
 class CausalBlock(nn.Module):
@@ -59,10 +53,6 @@ class SASRec(nn.Module):
         self, num_items: int, hidden: int, layers: int, heads: int, dropout: float, max_len: int
     ):
         super().__init__()
-        if hidden % heads:
-            raise ConfigError(
-                f"sasrec.hidden ({hidden}) must be divisible by sasrec.heads ({heads})"
-            )
         self.items = nn.Embedding(num_items + 1, hidden, padding_idx=0)
         self.positions = nn.Embedding(max_len, hidden)
         self.dropout = nn.Dropout(dropout)
@@ -128,7 +118,7 @@ def build_sasrec(num_items: int, cfg: DictConfig) -> SASRec:
 
 def load_sasrec(out_dir: Path, device: str = "cpu") -> SASRec:
     """The best model a `train_sasrec` run saved, in eval mode."""
-    checkpoint = torch.load(Path(out_dir) / MODEL_FILE, map_location=device)
+    checkpoint = torch.load(Path(out_dir) / MODEL, map_location=device, weights_only=True)
     cfg = OmegaConf.merge(OmegaConf.structured(SASRecConfig), checkpoint["config"])
     model = build_sasrec(checkpoint["num_items"], cfg)
     model.load_state_dict(checkpoint["state_dict"])
@@ -138,7 +128,7 @@ def load_sasrec(out_dir: Path, device: str = "cpu") -> SASRec:
 class SASRecTrainer:
     """Every position of a user's last max_len + 1 training items predicts its next item."""
 
-    def __init__(self, data: CFData, cfg: DictConfig, rng: np.random.Generator):
+    def __init__(self, data: PreparedData, cfg: DictConfig, rng: np.random.Generator):
         self.cfg, self.rng, self.device = cfg, rng, torch.device(cfg.device)
         self.model = build_sasrec(data.num_items, cfg).to(self.device)
         self.optimizer = torch.optim.Adam(
@@ -197,7 +187,7 @@ class SASRecTrainer:
 
     def export(self, out_dir: Path) -> None:
         vectors = self.model.item_vectors.detach().cpu().numpy().astype(np.float32)
-        np.save(out_dir / EMBEDDINGS_FILE, vectors)
+        np.save(out_dir / ITEM_EMBEDDINGS, vectors)
 
 
 def train_sasrec(cfg: DictConfig, data_dir: Path, out_dir: Path) -> Path:

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from genrec.tokenizers.cf_training import CFData, EvalSet, split_batches, train_cf_model
+from genrec.artifacts import ITEM_EMBEDDINGS, USER_EMBEDDINGS
+from genrec.cf.training import split_batches, train_cf_model
+from genrec.data_pipeline.prepared import EvalSet, PreparedData
 
-USER_EMBEDDINGS_FILE = "user_embeddings.npy"
-ITEM_EMBEDDINGS_FILE = "item_embeddings.npy"
 # A user who has nearly every item could make rejection sampling loop; such clashes are rare
 # enough that a few rounds leave virtually none, and a leftover one only adds a little noise.
 NEGATIVE_RESAMPLE_ROUNDS = 10
@@ -61,7 +61,7 @@ class LightGCN(nn.Module):
 class LightGCNTrainer:
     """BPR over every distinct (user, training item) edge, one sampled unseen negative each."""
 
-    def __init__(self, data: CFData, cfg: DictConfig, rng: np.random.Generator):
+    def __init__(self, data: PreparedData, cfg: DictConfig, rng: np.random.Generator):
         self.cfg, self.rng, self.device = cfg, rng, torch.device(cfg.device)
         self.num_items = data.num_items
         users = np.repeat(np.arange(data.num_users), np.diff(data.train_offsets))
@@ -120,8 +120,8 @@ class LightGCNTrainer:
     def export(self, out_dir: Path) -> None:
         with torch.no_grad():
             user_vectors, item_vectors = self.model(self.graph)
-        np.save(out_dir / USER_EMBEDDINGS_FILE, user_vectors.cpu().numpy().astype(np.float32))
-        np.save(out_dir / ITEM_EMBEDDINGS_FILE, item_vectors.cpu().numpy().astype(np.float32))
+        np.save(out_dir / USER_EMBEDDINGS, user_vectors.cpu().numpy().astype(np.float32))
+        np.save(out_dir / ITEM_EMBEDDINGS, item_vectors.cpu().numpy().astype(np.float32))
 
 
 def train_lightgcn(cfg: DictConfig, data_dir: Path, out_dir: Path) -> Path:

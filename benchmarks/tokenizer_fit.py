@@ -1,7 +1,7 @@
 """Tokenizers on Amazon 2014 Beauty: fit time, items/s tokenized, collisions, code usage.
 
 Command:
-    python benchmarks/tokenizers.py [--run-dir runs/bench-beauty] [key=value ...]
+    python benchmarks/tokenizer_fit.py [--run-dir runs/bench-beauty] [key=value ...]
 
 RQ-VAE and RQ-KMeans tokenize MiniLM title embeddings; LETTER also aligns to SASRec's item
 embeddings. SASRec's own Recall/NDCG@10 is printed next to the published figures. Extra
@@ -13,14 +13,10 @@ import json
 import sys
 from pathlib import Path
 
-# Run as a script, this file's folder heads sys.path and this file would shadow Hugging Face's
-# `tokenizers` package, which sentence-transformers imports.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-from genrec import stages  # noqa: E402
-from genrec.config import load_config  # noqa: E402
-from genrec.data_pipeline.prepare import load_manifest  # noqa: E402
-from genrec.tokenizers.tokenize import tokenize  # noqa: E402
+from genrec import stages
+from genrec.config import load_config
+from genrec.data_pipeline.prepare import load_manifest
+from genrec.tokenizers.tokenize import tokenize
 
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "datasets" / "amazon14_beauty.yaml"
 PUBLISHED = {"SASRec (TIGER paper)": (0.0605, 0.0318), "SASRec (tuned)": (0.0740, 0.0423)}
@@ -48,7 +44,7 @@ def main() -> None:
         }
         out = tokenize(run, fingerprint, inputs, Path(args.run_dir) / f"tokenizer-{name}")
         rows.append((name, json.loads((out / "report.json").read_text())["items"]))
-    print("command: python benchmarks/tokenizers.py", " ".join(sys.argv[1:]))
+    print("command: python benchmarks/tokenizer_fit.py", " ".join(sys.argv[1:]))
     header = f"{'tokenizer':10} {'fit s':>8} {'items/s':>10} {'coll. before':>12} {'after':>6}"
     print(header, " usage per level")
     for name, r in rows:

@@ -1,0 +1,14 @@
+"""The methods genrec implements, each a `MethodSpec` over the shared core."""
+
+from genrec.errors import ConfigError
+from genrec.methods.letter import LETTER
+from genrec.methods.spec import MethodSpec
+from genrec.methods.tiger import TIGER
+
+METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (TIGER, LETTER)}
+
+
+def method_spec(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise ConfigError(f"config key 'method' is {name!r}; choose one of {sorted(METHODS)}")
+    return METHODS[name]

@@ -1,0 +1,111 @@
+"""`run_dir/report.png`: one picture of a run, drawn from the files its stages wrote.
+
+Training loss and validation metrics against steps (train/train.json), code usage per level
+(tokenizer/report.json), and the test results beside the baselines (metrics.json). A panel
+whose stage has not run yet says so.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from genrec import artifacts
+from genrec.provenance import atomic_file
+
+TEST_KEYS = ("recall@10", "ndcg@10")
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _missing(ax: Axes, title: str, what: str) -> None:
+    ax.set_title(title)
+    ax.text(0.5, 0.5, f"{what} not run yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def _training(ax: Axes, summary: dict[str, Any] | None) -> None:
+    if summary is None:
+        return _missing(ax, "loss", "genrec train")
+    if summary.get("train_loss"):
+        steps, losses = zip(*summary["train_loss"], strict=True)
+        ax.plot(steps, losses, label="training loss")
+    validations = summary["validations"]
+    ax.plot(
+        [v["step"] for v in validations],
+        [v["loss"] for v in validations],
+        "o-",
+        label="validation loss",
+    )
+    ax.set(title="loss", xlabel="optimizer step")
+    ax.legend()
+
+
+def _validation(ax: Axes, summary: dict[str, Any] | None) -> None:
+    if summary is None:
+        return _missing(ax, "validation", "genrec train")
+    validations = summary["validations"]
+    steps = [v["step"] for v in validations]
+    for key in TEST_KEYS:
+        ax.plot(steps, [v[key] for v in validations], "o-", label=key)
+    ax.axvline(summary["best_step"], color="grey", linestyle=":", label="selected")
+    ax.set(title="validation", xlabel="optimizer step", ylim=(0, None))
+    ax.legend()
+
+
+def _codes(ax: Axes, report: dict[str, Any] | None) -> None:
+    if report is None:
+        return _missing(ax, "code usage", "genrec tokenize")
+    items = report["items"]
+    levels = items["levels"]
+    ax.bar(range(len(levels)), [level["usage"] for level in levels])
+    ax.set_xticks(range(len(levels)), [f"level {i}" for i in range(len(levels))])
+    ax.set(ylim=(0, 1.05), ylabel="share of codebook used")
+    ax.set_title(
+        f"code usage ({report['config']['tokenizer']['name']}); collisions "
+        f"{items['collision_rate_before']:.3f} -> {items['collision_rate_after']:.3f}"
+    )
+
+
+def _results(ax: Axes, metrics: dict[str, Any] | None) -> None:
+    if metrics is None:
+        return _missing(ax, "test", "genrec evaluate")
+    rows = {f"genrec {metrics['method']}": metrics["test"]}
+    rows |= {name: baseline["test"] for name, baseline in metrics["baselines"].items()}
+    width = 0.8 / len(TEST_KEYS)
+    for i, key in enumerate(TEST_KEYS):
+        xs = [x + i * width for x in range(len(rows))]
+        bars = ax.bar(xs, [row[key] for row in rows.values()], width, label=key)
+        ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    ax.set_xticks([x + width / 2 for x in range(len(rows))], list(rows))
+    ax.set(title=f"test (beam {metrics['beam_size']})", ylim=(0, 1.0))
+    ax.legend()
+
+
+def write_run_report(run_dir: str | Path) -> Path:
+    """Draws the report from whatever the run has written so far; returns its path."""
+    run_dir = Path(run_dir)
+    summary = _read(artifacts.stage_dir(run_dir, artifacts.TRAIN) / artifacts.TRAIN_SUMMARY)
+    tokenizer = artifacts.stage_dir(run_dir, artifacts.TOKENIZER) / artifacts.TOKENIZER_REPORT
+    metrics = _read(run_dir / artifacts.METRICS)
+    fig = Figure(figsize=(12, 8))
+    axes = fig.subplots(2, 2)
+    _training(axes[0, 0], summary)
+    _validation(axes[0, 1], summary)
+    _codes(axes[1, 0], _read(tokenizer))
+    _results(axes[1, 1], metrics)
+    source = metrics or summary or {}
+    commit = (source.get("code") or {}).get("git_commit") or "unknown"
+    fig.suptitle(f"{run_dir}  (genrec commit {commit[:10]})")
+    fig.tight_layout()
+    out = run_dir / artifacts.RUN_REPORT
+    with atomic_file(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return out

@@ -1,0 +1,55 @@
+"""How a batch becomes a loss: the part of training that differs between methods.
+
+The loop hands every method the same `Batch` (items as ids and as codes of the group each
+example is read in) and minimises the loss it returns; the named terms go to TensorBoard.
+"""
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from genrec.trainer.item_codes import ItemCodes
+from genrec.trainer.model import code_cross_entropy
+
+
+@dataclass
+class Batch:
+    """One micro-batch on the device."""
+
+    user: Tensor  # [B]
+    history: Tensor  # [B, H] item ids, -1 before the oldest
+    target: Tensor  # [B] item ids
+    group: Tensor  # [B] code group of each example
+    history_codes: Tensor  # [B, H, L+1]
+    target_codes: Tensor  # [B, L+1]
+
+    @classmethod
+    def coded(
+        cls, rows: dict[str, Tensor], codes: ItemCodes, device: torch.device | str
+    ) -> "Batch":
+        """Moves a collated batch to the device and looks its items up in their groups."""
+        user, history, target = (
+            rows[k].to(device, non_blocking=True) for k in ("user", "history", "target")
+        )
+        group = rows["group"].to(device, non_blocking=True)
+        return cls(user, history, target, group, codes(history, group), codes(target, group))
+
+
+class Objective(Protocol):
+    def __call__(self, model: torch.nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss to minimise and its named terms (detached values are fine)."""
+
+
+@dataclass(frozen=True)
+class CodeGeneration:
+    """Cross-entropy of the target's codes, each step over its own code set. A temperature
+    below 1 is LETTER's ranking-guided loss: sharper logits weigh hard negatives more."""
+
+    temperature: float = 1.0
+
+    def __call__(self, model: torch.nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        logits = model(batch.history_codes, batch.target_codes, batch.user)
+        loss = code_cross_entropy(logits, batch.target_codes, self.temperature)
+        return loss, {"generation": loss.detach()}

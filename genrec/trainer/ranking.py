@@ -1,0 +1,38 @@
+"""How a model's recommendations are produced for evaluation: the method's output side.
+
+Generative methods decode valid IDs by constrained beam search; a retrieval method would score
+item vectors instead. Evaluation only asks for each user's top-k items, best first.
+"""
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from genrec.trainer.beam_search import beam_search
+from genrec.trainer.item_codes import ItemCodes
+from genrec.trainer.model import GenerativeRecommender
+from genrec.trainer.trie import ItemTrie
+
+
+class Ranker(Protocol):
+    def top_k(self, model: torch.nn.Module, history_codes: Tensor, user: Tensor, k: int) -> Tensor:
+        """Item ids [B, k], best first; -1 where fewer than k items can be ranked."""
+
+
+@dataclass
+class BeamSearchRanker:
+    """Exact beam search over the trie of group 0's IDs."""
+
+    trie: ItemTrie
+
+    @classmethod
+    def over(cls, codes: ItemCodes) -> "BeamSearchRanker":
+        trie = ItemTrie.from_codes(codes.group(0).cpu())
+        return cls(trie.to(codes.table.device))
+
+    def top_k(
+        self, model: GenerativeRecommender, history_codes: Tensor, user: Tensor, k: int
+    ) -> Tensor:
+        return beam_search(model, self.trie, history_codes, k, user)[0]
