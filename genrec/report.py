@@ -65,7 +65,8 @@ def _codes(ax: Axes, report: dict[str, Any] | None) -> None:
         return _missing(ax, "code usage", "genrec tokenize")
     items = report["items"]
     levels = items["levels"]
-    ax.bar(range(len(levels)), [level["usage"] for level in levels])
+    bars = ax.bar(range(len(levels)), [level["usage"] for level in levels])
+    ax.bar_label(bars, fmt="%.3f", fontsize=8)
     ax.set_xticks(range(len(levels)), [f"level {i}" for i in range(len(levels))])
     ax.set(ylim=(0, 1.05), ylabel="share of codebook used")
     ax.set_title(
@@ -101,9 +102,11 @@ def write_run_report(run_dir: str | Path) -> Path:
     _validation(axes[0, 1], summary)
     _codes(axes[1, 0], _read(tokenizer))
     _results(axes[1, 1], metrics)
-    source = metrics or summary or {}
-    commit = (source.get("code") or {}).get("git_commit") or "unknown"
-    fig.suptitle(f"{run_dir}  (genrec commit {commit[:10]})")
+    code = (metrics or summary or {}).get("code") or {}
+    commit = (code.get("git_commit") or "unknown")[:10] + (
+        "+dirty" if code.get("git_dirty") else ""
+    )
+    fig.suptitle(f"{run_dir}  (genrec {code.get('genrec', '?')}, commit {commit})")
     fig.tight_layout()
     out = run_dir / artifacts.RUN_REPORT
     with atomic_file(out) as tmp:

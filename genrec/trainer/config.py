@@ -44,12 +44,13 @@ class ModelOptions:
 class TrainerConfig:
     """Optimisation on a DeepSpeed engine; `batch_size` is global (all workers, all micro-steps).
 
-    The defaults suit the built-in synthetic data on a CPU (a few minutes). The dataset presets
+    The defaults suit the built-in synthetic data on a CPU: about four minutes of training that
+    end near the validation plateau (BENCHMARKS.md, "genrec run"). The dataset presets
     in configs/datasets/ only name the data: the papers' setting is `trainer.model.preset=small`
     and far more epochs (TIGER and LETTER train for hundreds), which wants a GPU.
     """
 
-    epochs: int = option(3, "passes over the training examples")
+    epochs: int = option(8, "passes over the training examples")
     batch_size: int = option(256, "global batch: examples per optimizer step, all workers")
     micro_batch_size: int | None = option(
         None, "examples per worker per micro-step; null: batch / workers, capped"
