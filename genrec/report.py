@@ -86,7 +86,8 @@ def _results(ax: Axes, metrics: dict[str, Any] | None) -> None:
         bars = ax.bar(xs, [row[key] for row in rows.values()], width, label=key)
         ax.bar_label(bars, fmt="%.3f", fontsize=8)
     ax.set_xticks([x + width / 2 for x in range(len(rows))], list(rows))
-    ax.set(title=f"test (beam {metrics['beam_size']})", ylim=(0, 1.0))
+    top = max(row[key] for row in rows.values() for key in TEST_KEYS)
+    ax.set(title=f"test (beam {metrics['beam_size']})", ylim=(0, 1.25 * top or 1.0))
     ax.legend()
 
 

@@ -284,6 +284,13 @@ class Loop:
             writer.add_scalar("perf/mfu", mfu, step)
         return terms
 
+    def show(self, bar: tqdm, loss: float) -> None:
+        """The latest logged loss and the best validation so far, at the bar's next refresh."""
+        shown = {} if math.isnan(loss) else {"loss": f"{loss:.3f}"}
+        if self.progress.best_step:
+            shown["best"] = f"{self.progress.best[SELECT_METRIC]:.4f}"
+        bar.set_postfix(shown, refresh=False)
+
     def run(
         self,
         batches: Iterator[dict[str, Any]],
@@ -317,9 +324,6 @@ class Loop:
             bar.update(1)
             if p.step % self.trainer.log_every == 0:
                 loss = self.log_terms(writer, meter)["loss"]
-                bar.set_postfix(
-                    loss=f"{loss:.3f}", best=f"{p.best[SELECT_METRIC]:.4f}", refresh=False
-                )
             metrics = {"step": p.step, "train_loss": loss, "epoch": self.epoch()}
             validated = p.step % self.trainer.eval_every == 0
             if validated:
@@ -327,7 +331,9 @@ class Loop:
                 stop = p.stale >= self.trainer.patience
             if p.step % every == 0 if every else validated:
                 checkpoint(metrics)
+            self.show(bar, loss)
         if not p.history or p.history[-1]["step"] != p.step:
             self.validate(writer)
+            self.show(bar, loss)
         bar.close()
         return p
