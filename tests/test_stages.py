@@ -73,7 +73,7 @@ def finished_run(tmp_path_factory):
 def test_genrec_run_trains_evaluates_and_reuses(finished_run):
     folder, stdout = finished_run
     assert "tokenizer rqvae over text vectors: code usage per level" in stdout
-    assert stdout.startswith("users 2") and "report: " in stdout
+    assert stdout.startswith("users 300 ") and "report: " in stdout
     assert "genrec tiger" in stdout and "popularity" in stdout and "sasrec" in stdout
     metrics = json.loads((folder / "metrics.json").read_text())
     assert set(metrics["valid"]) == set(metrics["test"]) >= {"recall@10", "ndcg@20"}
