@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,11 +21,14 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def shared_dataset(*parts: str) -> Path:
-    """A file under ../shared/datasets, or a clean skip where that folder is absent."""
+    """A file under ../shared/datasets. Missing, it fails the test with its path in CI
+    (CI=true) and wherever ../shared exists; only a machine without ../shared skips."""
     path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"needs {path} (the shared datasets)")
-    return path
+    if path.exists():
+        return path
+    if os.environ.get("CI", "").lower() == "true" or SHARED.parent.exists():
+        pytest.fail(f"missing shared dataset file {path}")
+    pytest.skip(f"needs {path} (the shared datasets)")
 
 
 @pytest.fixture
@@ -37,33 +41,82 @@ def make_config(tmp_path):
     return make
 
 
-@pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory):
-    """A Ray head started as on a cluster (`ray start --head`, 3 CPUs: two training workers and
-    their read tasks), which every Ray test of the session joins; genrec, finding Ray
-    connected, uses it instead of starting its own. Yields the job server's address.
+@dataclass
+class RayHead:
+    """The session's Ray head (`ray start --head`): its GCS address, job server and the means
+    to join more nodes to it, each with 2 CPUs and one `train_slot`."""
 
-    Ports are free-picked and `--block` ties the head's processes to one process (killing it
-    takes them down at once, skipping the 30 s drain), so the end of the session stops only
-    this head, never another Ray instance on the machine."""
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("RAY_ADDRESS", None)
-    env["RAY_AUTH_MODE"] = "disabled"  # a loopback head for this test session only
-    port, dashboard, agent = free_port(), free_port(), free_port()
-    head = [str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1"]
-    head += [f"--port={port}", "--num-cpus=3", "--include-dashboard=true", "--disable-usage-stats"]
-    head += [f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={agent}"]
-    log = tmp_path_factory.mktemp("ray") / "head.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(head, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
+    address: str
+    dashboard: str
+    env: dict[str, str]
+    logs: Path
+
+    def _start(self, args: list[str], log: Path) -> subprocess.Popen:
+        """`ray start ... --block` with free-picked ports; returns once it says it is up.
+        `--block` ties the node's processes to one process: killing it takes them down at
+        once (no 30 s drain) and touches no other Ray instance on the machine."""
+        ray_bin = Path(sys.executable).parent / "ray"
+        ports = [f"--dashboard-agent-listen-port={free_port()}"]
+        ports += [f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
+        command = [str(ray_bin), "start", "--block", "--node-ip-address=127.0.0.1", *ports, *args]
+        with log.open("w") as out:
+            process = subprocess.Popen(command, env=self.env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 180
         while "block forever" not in log.read_text():
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.5)
-        ray.init(address=f"127.0.0.1:{port}")
-        yield f"http://127.0.0.1:{dashboard}"
+        return process
+
+    @staticmethod
+    def alive_nodes() -> set[str]:
+        return {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+
+    def add_node(self) -> "JoinedNode":
+        """Joins a node (`ray start --address`) and waits until the head counts it."""
+        before = self.alive_nodes()
+        log = self.logs / f"node-{time.monotonic_ns()}.log"
+        args = [f"--address={self.address}", "--num-cpus=2", '--resources={"train_slot": 1}']
+        process = self._start(args, log)
+        deadline = time.monotonic() + 60
+        while not (new := self.alive_nodes() - before):
+            assert time.monotonic() < deadline, "the new node never joined"
+            time.sleep(0.5)
+        return JoinedNode(process, new.pop())
+
+    def stop_node(self, node: "JoinedNode") -> None:
+        """Kills the node's processes at once and waits until the head sees it dead."""
+        node.process.kill()
+        node.process.wait(timeout=120)
+        deadline = time.monotonic() + 120
+        while node.node_id in self.alive_nodes():
+            assert time.monotonic() < deadline, "the head never noticed the node stop"
+            time.sleep(0.5)
+
+
+@dataclass
+class JoinedNode:
+    process: subprocess.Popen
+    node_id: str
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A Ray head started as on a cluster (`ray start --head`, 3 CPUs and one `train_slot`),
+    which every Ray test of the session joins; genrec, finding Ray connected, uses it instead
+    of starting its own. Killing its blocking process at the end stops this head only."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    env["RAY_AUTH_MODE"] = "disabled"  # a loopback head for this test session only
+    port, dashboard = free_port(), free_port()
+    logs = tmp_path_factory.mktemp("ray")
+    head = RayHead(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", env, logs)
+    args = ["--head", f"--port={port}", "--num-cpus=3", '--resources={"train_slot": 1}']
+    args += ["--include-dashboard=true", "--disable-usage-stats", f"--dashboard-port={dashboard}"]
+    process = head._start(args, logs / "head.log")
+    try:
+        ray.init(address=head.address)
+        yield head
     finally:
         ray.shutdown()
         process.kill()

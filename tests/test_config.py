@@ -129,3 +129,18 @@ def test_each_section_checks_its_values_at_load_time(override, message):
     overrides = [override, "cluster.num_workers=2"] if "valid_users" in override else [override]
     with pytest.raises(ConfigError, match=message):
         load_config([], overrides)
+
+
+def test_a_missing_shared_dataset_fails_loudly_in_ci(monkeypatch):
+    """CI and a machine with ../shared fail on a missing file, naming it; no silent skip."""
+    from _pytest.outcomes import Failed, Skipped
+
+    from tests import conftest
+
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(Failed, match=r"missing shared dataset file .*amazon14_office/nope.json"):
+        conftest.shared_dataset("amazon14_office", "nope.json")
+    monkeypatch.setenv("CI", "false")
+    monkeypatch.setattr(conftest, "SHARED", Path("/nonexistent/shared/datasets"))
+    with pytest.raises(Skipped):
+        conftest.shared_dataset("amazon14_office", "nope.json")

@@ -14,8 +14,9 @@ from torch.utils.data import DataLoader
 from genrec.data_pipeline.prepare import load_manifest, prepare
 from genrec.data_pipeline.ray_ingest import (
     DataPosition,
-    PositionBoard,
+    EveryRowSplit,
     PositionTracker,
+    start_board,
     stream_batches,
     training_stream,
     unit_sizes,
@@ -168,14 +169,41 @@ def test_member_names_widen_with_the_user_ids(tmp_path):
         shard_bytes(np.array([100]), offsets, items, digits=2)
 
 
+def test_tracker_knows_what_is_in_flight():
+    """A row counts as trained once all its examples are; until then it is in flight with the
+    examples already trained, which a resumed run trains a second time."""
+    tracker = PositionTracker(record=True)
+    tracker.received(0, 3, 4)
+    tracker.received(0, 5, 0)
+    tracker.received(1, 2, 2)
+    tracker.trained(np.array([[0, 3], [1, 2], [1, 2], [0, 3]]))
+    state = tracker.state()
+    assert state == {"rows": {0: [5], 1: [2]}, "in_flight": [[0, 3, 2]]}
+    position = DataPosition()
+    position.advance([state], sizes=[4, 3])
+    assert (position.done, position.rows, position.in_flight) == ([], {0: [5], 1: [2]}, {0: {3: 2}})
+    again = DataPosition.from_state(position.state_dict())
+    assert again == position
+    assert tracker.flush() == [[0, 3], [0, 5], [1, 2]] and tracker.flush() == []
+    assert tracker.state()["rows"] == {}
+
+
 def key_of(row):
     return row["unit"], row["row"]
+
+
+def test_the_train_split_keeps_every_row(ray_cluster):
+    """Ray Train's own split (equal=True) would drop the 7th row to give 2 workers 3 each."""
+    splits = EveryRowSplit().configure({"train": ray.data.range(7)}, 2, None, None)
+    with ThreadPoolExecutor(2) as pool:
+        rows = pool.map(lambda split: [r["id"] for r in split["train"].iter_rows()], splits)
+    assert sorted(row for split in rows for row in split) == list(range(7))
 
 
 def test_ray_stream_splits_resumes_and_skips_finished_shards(data_dir, ray_cluster):
     """Two consumers of a streaming_split see every (epoch, user) once; a stream resumed from
     a position opens no finished unit and repeats no row trained on."""
-    board = PositionBoard.remote()
+    board = start_board()
     sizes = unit_sizes(data_dir, epochs=2, seed=0)
     ray.get(board.start.remote(DataPosition().state_dict(), 0))
     halves = training_stream(data_dir, 2, 0, board).streaming_split(2, equal=False)
@@ -189,8 +217,9 @@ def test_ray_stream_splits_resumes_and_skips_finished_shards(data_dir, ray_clust
 
     with ThreadPoolExecutor(2) as pool:
         rows = list(pool.map(consume, halves))
-    assert set(rows[0]).isdisjoint(rows[1])
-    assert len(rows[0]) + len(rows[1]) == sum(sizes) == 2 * load_manifest(data_dir)["num_users"]
+    every = [(unit, row) for unit, size in enumerate(sizes) for row in range(size)]
+    assert sorted(rows[0] + rows[1]) == every
+    assert len(every) == 2 * load_manifest(data_dir)["num_users"] and rows[0] and rows[1]
 
     tracker = PositionTracker()
     stream = sorted(training_stream(data_dir, 2, 0, board).take_all(), key=key_of)
@@ -199,8 +228,9 @@ def test_ray_stream_splits_resumes_and_skips_finished_shards(data_dir, ray_clust
     for batch in stream_batches([block], tracker, 4, 16, 0, np.random.default_rng(0)):
         tracker.trained(batch["source"])
     position = DataPosition()
-    position.advance([tracker.local()], sizes)
+    position.advance([tracker.state()], sizes)
     assert position.done == [0] and sum(map(len, position.rows.values())) == 20
+    assert position.in_flight == {}
     ray.get(board.start.remote(position.state_dict(), 1))
     rest = training_stream(data_dir, 2, 0, board).take_all()
     again = {(r["unit"], r["row"]) for r in rest}

@@ -1,6 +1,7 @@
 """Learned tokenizers (RQ-VAE, LETTER, MQ) on planted structure, checkpoints and the stage."""
 
 import json
+from itertools import pairwise
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -150,13 +151,11 @@ def test_stage_writes_unique_ids_report_and_epoch_checkpoints(tmp_path, vectors_
     assert report["config"]["tokenizer"]["name"] == "rqvae" and "git_commit" in report["code"]
     kept = sorted((out / "items" / "checkpoints").iterdir())
     assert [p.name for p in kept] == ["epoch-00009.pt", "epoch-00010.pt", "epoch-00011.pt"]
-    first, last = (
-        load_tokenizer(p).encode(torch.from_numpy(np.load(vectors_dir / "items.npy")))
-        for p in (kept[0], kept[-1])
-    )
-    changes = items["adjacent_epoch_changes"]
-    assert len(changes) == 2 and all(0 <= c < 0.5 for c in changes)  # mostly consistent
-    assert not torch.equal(first, last) or changes == [0.0, 0.0]
+    vectors = torch.from_numpy(np.load(vectors_dir / "items.npy"))
+    codes = [load_tokenizer(p).encode(vectors) for p in kept]
+    changed = [(a != b).any(1).double().mean().item() for a, b in pairwise(codes)]
+    assert items["adjacent_epoch_changes"] == pytest.approx(changed, abs=1e-9)
+    assert sum(changed) > 0 and max(changed) < 0.5  # the IDs move, but stay mostly the same
     assert (out / "items" / "tb").is_dir()
     stamp = (out / "report.json").stat().st_mtime_ns
     tokenize(

@@ -25,6 +25,7 @@ class ClusterConfig:
     max_failures: int = option(0, "restarts from the latest checkpoint after a worker is lost")
     schedule_timeout_s: float = option(120.0, "wait for resources before a clear error")
     fail_at_step: int = option(0, "drill: the last worker exits once at this step (0: never)")
+    record_rows: bool = option(False, "audit: train.json lists every row each worker received")
 
     def check(self) -> None:
         at_least(self, 1, "num_workers")

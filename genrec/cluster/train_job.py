@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from contextlib import closing, nullcontext
 from pathlib import Path
 from typing import Any
@@ -35,8 +34,9 @@ from genrec.config import config_from_dict
 from genrec.data_pipeline.prepare import load_manifest
 from genrec.data_pipeline.ray_ingest import (
     DataPosition,
-    PositionBoard,
+    EveryRowSplit,
     PositionTracker,
+    start_board,
     stream_batches,
     training_stream,
     unit_sizes,
@@ -49,7 +49,6 @@ from genrec.trainer.train import Loop, train_fingerprint
 
 log = logging.getLogger(__name__)
 SEQUENCES_PER_READ = 256
-REPORT_POLL_SECONDS = 5.0
 # Failures a restart can heal: the worker's process, actor or node went away.
 LOST = (
     ray.exceptions.ActorDiedError,
@@ -75,7 +74,7 @@ class Worker:
         self.sizes = unit_sizes(self.data_dir, self.cfg.trainer.epochs, self.cfg.seed)
         self.position = DataPosition()
         self.loop.states["data_position"] = self.position
-        self.tracker = PositionTracker()
+        self.tracker = PositionTracker(record=self.cfg.cluster.record_rows)
         self.attempt = 0
 
     @property
@@ -97,27 +96,32 @@ class Worker:
 
     def trained(self, batch: dict[str, Any]) -> None:
         self.tracker.trained(batch["source"])
+        step = self.loop.engine.global_steps
+        if self.tracker.record and self.rank == 0 and step != self.loop.progress.step:
+            self.board.reached.remote(self.attempt, step)
         drill = self.cfg.cluster.fail_at_step
         last = self.loop.world_size - 1
         if drill and self.attempt == 1 and self.rank == last and self.loop.progress.step >= drill:
-            # Ray collects reports by polling the workers; give it time to see the last one, so
-            # the drill tests restarting from the newest checkpoint rather than that race.
-            time.sleep(REPORT_POLL_SECONDS)
             log.error("fault-tolerance drill: worker %d exits at step %d", self.rank, drill)
             os._exit(1)
 
     def checkpoint(self, metrics: dict[str, float], final: bool = False) -> None:
-        """Every rank saves its DeepSpeed state and reports it; Ray merges them into one folder."""
+        """Every rank saves its DeepSpeed state and reports it; Ray merges them into one folder.
+        The run's board then learns the step and, if asked, the rows each rank received."""
         workers = [None] * self.loop.world_size
-        dist.all_gather_object(workers, self.tracker.local())
+        dist.all_gather_object(workers, self.tracker.state())
         self.position.advance(workers, self.sizes)
-        self.tracker.rows.clear()
+        arrivals = self.tracker.flush()
         with tempfile.TemporaryDirectory() as folder:
             self.loop.save(Path(folder))
             if final and self.rank == 0:
                 write_json(Path(folder) / TRAIN_SUMMARY, self.summary())
             report = {**metrics, "rank": self.rank, "samples": self.loop.progress.samples}
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        if self.tracker.record:
+            ray.get(self.board.received.remote(self.attempt, self.rank, arrivals))
+        if self.rank == 0:
+            self.board.checkpointed.remote(self.attempt, self.loop.progress.step)
 
     def summary(self) -> dict[str, Any]:
         p, loop = self.loop.progress, self.loop
@@ -133,6 +137,7 @@ class Worker:
             "parameters": loop.model.num_parameters(),
             "model": vars(loop.model.config),
             "code_groups": loop.codes.num_groups,
+            "position": self.position.state_dict(),
             "validations": p.history,
             "train_loss": p.losses,
             "tensorboard": str(self.storage / "tensorboard"),
@@ -229,7 +234,7 @@ def train(cfg: DictConfig, data_dir: Path, tokenizer_dir: Path, out_dir: Path) -
         context = DataContext.get_current()
         context.enable_progress_bars = False  # the training bar says enough
         context.execution_options.preserve_order = True  # the same seed, the same run
-        board = PositionBoard.remote()
+        board = start_board()
         job = {
             "cfg": to_plain(cfg),
             "data_dir": str(Path(data_dir).absolute()),
@@ -254,6 +259,7 @@ def train(cfg: DictConfig, data_dir: Path, tokenizer_dir: Path, out_dir: Path) -
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.trainer.keep_checkpoints),
             ),
             datasets={"train": training_stream(data_dir, cfg.trainer.epochs, cfg.seed, board)},
+            dataset_config=EveryRowSplit(),
         )
         try:
             result = trainer.fit()

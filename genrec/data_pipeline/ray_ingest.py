@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import ray
 import torch
+from ray.train import DataConfig
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from genrec.data_pipeline.prepare import load_manifest
 from genrec.data_pipeline.shards import read_shard
@@ -32,18 +34,29 @@ from genrec.data_pipeline.streaming import (
 @dataclass
 class DataPosition:
     """Finished work units, and the rows trained on in unfinished ones (the offset); a named
-    state of every training checkpoint."""
+    state of every training checkpoint. `in_flight` is what sat in the workers' buffers when it
+    was taken: rows received but not fully trained, with how many of their examples were. A
+    resumed run reads those rows again, so exactly those examples are trained twice."""
 
     done: list[int] = field(default_factory=list)
     rows: dict[int, list[int]] = field(default_factory=dict)
+    in_flight: dict[int, dict[int, int]] = field(default_factory=dict)
 
     def state_dict(self) -> dict[str, Any]:
         rows = {str(unit): sorted(trained) for unit, trained in self.rows.items()}
-        return {"done": sorted(self.done), "rows": rows}
+        in_flight = {
+            str(unit): {str(row): n for row, n in sorted(rows.items())}
+            for unit, rows in self.in_flight.items()
+        }
+        return {"done": sorted(self.done), "rows": rows, "in_flight": in_flight}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.done = list(state["done"])
         self.rows = {int(unit): list(rows) for unit, rows in state["rows"].items()}
+        self.in_flight = {
+            int(unit): {int(row): n for row, n in rows.items()}
+            for unit, rows in state["in_flight"].items()
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "DataPosition":
@@ -51,15 +64,22 @@ class DataPosition:
         position.load_state_dict(state)
         return position
 
-    def advance(self, workers: Iterable[dict[int, list[int]]], sizes: list[int]) -> None:
-        """Adds every worker's trained rows; units whose rows are all trained are done."""
+    def advance(self, workers: Iterable["TrackerState"], sizes: list[int]) -> None:
+        """Adds every worker's trained rows (units whose rows are all trained are done) and
+        takes their in-flight rows as they are now."""
         rows: dict[int, set[int]] = defaultdict(set)
-        for local in [self.rows, *workers]:
-            for unit, trained in local.items():
+        in_flight: dict[int, dict[int, int]] = defaultdict(dict)
+        for unit, trained in self.rows.items():
+            rows[unit].update(trained)
+        for worker in workers:
+            for unit, trained in worker["rows"].items():
                 rows[unit].update(trained)
+            for unit, row, examples in worker["in_flight"]:
+                in_flight[unit][row] = examples
         done = set(self.done) | {unit for unit, r in rows.items() if len(r) == sizes[unit]}
         self.done = sorted(done)
         self.rows = {unit: sorted(r) for unit, r in rows.items() if unit not in done}
+        self.in_flight = dict(in_flight)
 
 
 def work_units(num_shards: int, epochs: int, seed: int) -> list[tuple[int, int]]:
@@ -73,13 +93,17 @@ def work_units(num_shards: int, epochs: int, seed: int) -> list[tuple[int, int]]
 
 @ray.remote(num_cpus=0)
 class PositionBoard:
-    """One run's data position, read by its read tasks, and a record of what each attempt read."""
+    """One run's data position, read by its read tasks, and a record of each attempt: where it
+    started, the units it opened, the steps it checkpointed at and, when asked (an audit), the
+    last step it reached and every row each worker received. It lives in the driver's job, so
+    it outlives any worker."""
 
     def __init__(self) -> None:
         self.attempts: list[dict[str, Any]] = []
 
     def start(self, position: dict[str, Any], step: int) -> int:
-        self.attempts.append({"step": step, "position": position, "read": []})
+        record = {"step": step, "position": position, "read": [], "checkpoints": []}
+        self.attempts.append(record | {"reached": step, "received": {}})
         return len(self.attempts)
 
     def position(self) -> dict[str, Any]:
@@ -88,8 +112,47 @@ class PositionBoard:
     def read(self, unit: int) -> None:
         self.attempts[-1]["read"].append(unit)
 
+    def reached(self, attempt: int, step: int) -> None:
+        self.attempts[attempt - 1]["reached"] = step
+
+    def checkpointed(self, attempt: int, step: int) -> None:
+        self.attempts[attempt - 1]["checkpoints"].append(step)
+
+    def received(self, attempt: int, rank: int, rows: list[list[int]]) -> None:
+        self.attempts[attempt - 1]["received"].setdefault(str(rank), []).extend(rows)
+
     def history(self) -> list[dict[str, Any]]:
         return self.attempts
+
+
+def start_board() -> "ray.actor.ActorHandle":
+    """A run's board, on the driver's node: a lost worker node must not take the run's record
+    with it (Ray would place a zero-CPU actor on any node)."""
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return PositionBoard.options(scheduling_strategy=here).remote()
+
+
+class EveryRowSplit(DataConfig):
+    """Ray Train's dataset split without `equal=True`, which drops up to world_size - 1 rows
+    of every stream so that workers get the same count. genrec's loop lets a rank that runs
+    dry step with weight 0 until the others finish, so every row is trained."""
+
+    def configure(
+        self,
+        datasets: dict[str, ray.data.Dataset],
+        world_size: int,
+        worker_handles: Any,
+        worker_node_ids: list[str] | None,
+        **kwargs: Any,
+    ) -> list[dict[str, ray.data.DataIterator]]:
+        output: list[dict[str, ray.data.DataIterator]] = [{} for _ in range(world_size)]
+        for name, dataset in datasets.items():
+            dataset = dataset.copy(dataset)
+            dataset.context.execution_options = self._resolve_execution_options(name)
+            splits = dataset.streaming_split(world_size, locality_hints=worker_node_ids)
+            for rank, split in enumerate(splits):
+                output[rank][name] = split
+        return output
 
 
 def _read_unit(
@@ -128,31 +191,54 @@ def unit_sizes(data_dir: str | Path, epochs: int, seed: int) -> list[int]:
     return [shards[s]["users"] for _, s in work_units(len(shards), epochs, seed)]
 
 
-class PositionTracker:
-    """The rows this worker has trained on: a row counts once all its examples were trained."""
+TrackerState = dict[str, Any]
 
-    def __init__(self) -> None:
+
+class PositionTracker:
+    """The rows this worker has trained on (a row counts once all its examples were trained),
+    the rows in flight, and, when `record` is set, every row received in arrival order."""
+
+    def __init__(self, record: bool = False) -> None:
+        self.examples: dict[tuple[int, int], int] = {}
         self.pending: dict[tuple[int, int], int] = {}
         self.rows: dict[int, set[int]] = defaultdict(set)
-        self.units_read: set[int] = set()
+        self.record = record
+        self.arrivals: list[list[int]] = []
 
     def received(self, unit: int, row: int, examples: int) -> None:
-        self.units_read.add(unit)
+        if self.record:
+            self.arrivals.append([unit, row])
         if examples == 0:
             self.rows[unit].add(row)
         else:
-            self.pending[(unit, row)] = examples
+            self.pending[(unit, row)] = self.examples[(unit, row)] = examples
 
     def trained(self, sources: np.ndarray) -> None:
         for unit, row in sources.tolist():
             key = (unit, row)
             self.pending[key] -= 1
             if not self.pending[key]:
-                del self.pending[key]
+                del self.pending[key], self.examples[key]
                 self.rows[unit].add(row)
 
-    def local(self) -> dict[int, list[int]]:
-        return {unit: sorted(rows) for unit, rows in self.rows.items()}
+    def state(self) -> TrackerState:
+        """Trained rows since the last `flush`, and the rows in flight with the examples of
+        each already trained."""
+        in_flight = [
+            [unit, row, self.examples[(unit, row)] - left]
+            for (unit, row), left in self.pending.items()
+        ]
+        return {
+            "rows": {unit: sorted(rows) for unit, rows in self.rows.items()},
+            "in_flight": in_flight,
+        }
+
+    def flush(self) -> list[list[int]]:
+        """Forgets the trained rows (now in the position); returns the arrivals since the last
+        flush."""
+        self.rows.clear()
+        arrivals, self.arrivals = self.arrivals, []
+        return arrivals
 
 
 def stream_batches(

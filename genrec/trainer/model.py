@@ -399,7 +399,10 @@ class GenerativeRecommender(nn.Module):
         batch, items, width = history_codes.shape
         tokens = torch.where(valid[..., None], history_codes + self.level_offsets, PAD)
         recency = (valid.flip(1).cumsum(1).flip(1) - 1).clamp(min=0)
-        x = self.embed(tokens) + self.enc_level.weight + self.item_position(recency)[:, :, None]
+        # Every weight is read through its module's forward: ZeRO-3 traces parameter fetches by
+        # module, and a weight read outside it breaks the trace once a resumed run gathers it.
+        levels = torch.arange(width, device=tokens.device)
+        x = self.embed(tokens) + self.enc_level(levels) + self.item_position(recency)[:, :, None]
         x = x.view(batch, items * width, -1)
         mask = valid.repeat_interleave(width, dim=1)
         if user is not None:

@@ -39,6 +39,13 @@ from genrec.trainer.objective import Batch
 from genrec.trainer.state import Stateful, load_states, save_states
 
 DEEPSPEED_TAG = "deepspeed"
+# What a rank that has run dry feeds its engine (with weight 0) while others still train.
+IDLE_ROWS = {
+    "user": torch.zeros(1, dtype=torch.long),
+    "history": torch.zeros(1, 1, dtype=torch.long),
+    "target": torch.zeros(1, dtype=torch.long),
+    "group": torch.zeros(1, dtype=torch.long),
+}
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 
 log = logging.getLogger(__name__)
@@ -188,20 +195,23 @@ class Loop:
         self.best_model = best.model
         self.states: dict[str, Stateful] = {"progress": self.progress, "model": best}
 
-    def micro_step(self, rows: dict[str, Any]) -> dict[str, Tensor]:
-        """One forward and backward (and optimizer step at the end of an accumulation)."""
+    def micro_step(self, rows: dict[str, Any], weight: float = 1.0) -> dict[str, Tensor]:
+        """One forward and backward (and optimizer step at the end of an accumulation). The
+        loss is scaled by `weight`, this rank's share of the micro-step's examples times the
+        world size, so the gradient averaged over ranks is the mean over all their examples
+        however unevenly they fell."""
         loss, terms = self.objective(self.engine, Batch.coded(rows, self.codes, self.device))
-        self.engine.backward(loss)
+        self.engine.backward(loss * weight)
         self.engine.step()
         return {"loss": loss.detach(), **terms}
 
-    def everyone_has(self, batch: dict | None) -> int:
-        """The examples in this micro-step over all ranks, or 0 once any rank has run dry:
-        ranks get different numbers of examples, and one rank alone would hang."""
-        size = 0 if batch is None else batch["history"].size(0)
-        counts = torch.tensor([batch is not None, size], dtype=torch.int64, device=self.device)
-        dist.all_reduce(counts)
-        return int(counts[1]) if int(counts[0]) == self.world_size else 0
+    def examples_everywhere(self, rows: dict | None) -> int:
+        """The examples in this micro-step over all ranks; 0 once every rank has run dry.
+        Ranks get different numbers of examples: one that runs dry first steps on with
+        weight 0 until the others have trained every example they received."""
+        count = torch.tensor([0 if rows is None else rows["history"].size(0)], device=self.device)
+        dist.all_reduce(count)
+        return int(count)
 
     def mean_over_ranks(self, metrics: dict[str, float], count: int) -> dict[str, float]:
         keys = sorted(metrics)
@@ -311,12 +321,15 @@ class Loop:
             disable=self.rank != 0,
         )
         stop, loss = False, float("nan")
-        while not stop and (examples := self.everyone_has(rows := next(batches, None))):
+        while not stop and (examples := self.examples_everywhere(rows := next(batches, None))):
             started = time.perf_counter()
-            terms = self.micro_step(rows)
-            trained(rows)
+            if rows is None:
+                self.micro_step(IDLE_ROWS, weight=0.0)
+            else:
+                terms = self.micro_step(rows, self.world_size * len(rows["target"]) / examples)
+                trained(rows)
+                meter.add(rows["history"], terms, self.model.config.codes_per_item)
             p.train_seconds += time.perf_counter() - started
-            meter.add(rows["history"], terms, self.model.config.codes_per_item)
             p.samples += examples
             if self.engine.global_steps == p.step:
                 continue
