@@ -8,7 +8,5 @@ from genrec.version import __version__
 # Ray Train's preemption watcher warns that its constructor arguments live in the object
 # store, and Ray Data's split coordinator warns about a deprecated option of its own.
 os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", "PreemptionWatcher|exclude_resources")
-# Training runs show on the cluster dashboard's Train page (off by default in Ray).
-os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
 
 __all__ = ["__version__"]

@@ -36,6 +36,9 @@ def ray_session(cluster: DictConfig) -> Iterator[None]:
         return
     address = cluster.address or os.environ.get("RAY_ADDRESS")
     if address:
+        # A cluster's runs show on its dashboard's Train page (off by default in Ray; on a
+        # local instance its state actor cannot reach the GCS and only prints tracebacks).
+        os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
         ray.init(address=address, log_to_driver=True)
     else:
         need = worker_bundle(cluster)["CPU"] * cluster.num_workers + 1
