@@ -95,8 +95,8 @@ def work_units(num_shards: int, epochs: int, seed: int) -> list[tuple[int, int]]
 class PositionBoard:
     """One run's data position, read by its read tasks, and a record of each attempt: where it
     started, the units it opened, the steps it checkpointed at and, when asked (an audit), the
-    last step it reached and every row each worker received. It lives in the driver's job, so
-    it outlives any worker."""
+    last step it reached and every row each worker received. `start_board` places it on the
+    driver's node, so it outlives any worker and any worker node."""
 
     def __init__(self) -> None:
         self.attempts: list[dict[str, Any]] = []
