@@ -58,9 +58,26 @@ def metrics_summary(cfg: DictConfig, metrics: Path) -> str:
     return f"{table}\nresults: {metrics}\nreport: {Path(cfg.run_dir) / artifacts.RUN_REPORT}"
 
 
+def _span(shares: list[float]) -> str:
+    return f"{min(shares):.1%}-{max(shares):.1%}" if shares else "-"
+
+
+def tables_summary(cfg: DictConfig, tables_dir: Path) -> str:
+    index = json.loads((tables_dir / artifacts.TABLES_INDEX).read_text())
+    report = artifacts.stage_dir(cfg.run_dir, artifacts.TOKENIZER) / artifacts.TOKENIZER_REPORT
+    changes = json.loads(report.read_text())["items"]["adjacent_epoch_changes"]
+    return (
+        f"tables {len(index['tables'])} of {index['rows']:,} items (epochs "
+        f"{index['tables'][-1]['epoch']}-{index['tables'][0]['epoch']}); adjacent epochs change "
+        f"first code {_span([c['first_code'] for c in changes])}, "
+        f"ID {_span([c['id'] for c in changes])}"
+    )
+
+
 SUMMARIES: dict[str, Callable[[DictConfig, Path], str]] = {
     "data": data_summary,
     "tokenize": tokenizer_summary,
+    "retokenize": tables_summary,
     "evaluate": metrics_summary,
 }
 
@@ -93,7 +110,12 @@ COMMANDS: dict[str, tuple[Callable[[DictConfig], None], str]] = {
     "prepare": (_stage("data"), "read, filter, split and shard the interaction data"),
     "features": (_stage("features"), "item text embeddings, SASRec and LightGCN embeddings"),
     "tokenize": (_stage("tokenize"), "fit the item tokenizer and write semantic IDs"),
+    "retokenize": (
+        _stage("retokenize"),
+        "code the items with every kept tokenizer checkpoint on a Ray actor pool",
+    ),
     "train": (_stage("train"), "train the generative recommender (trainer.*)"),
+    "finetune": (_stage("finetune"), "fine-tune the pre-trained model on one table (MTGRec)"),
     "evaluate": (_stage("evaluate"), "test metrics of the trained model (or evaluate.checkpoint)"),
     "run": (_run, "the method's whole pipeline (default: TIGER on synthetic data)"),
     "config": (lambda cfg: print(describe(cfg)), "print every config key: value and meaning"),

@@ -20,7 +20,7 @@ from genrec.errors import ConfigError
 from genrec.methods import METHODS, method_spec
 from genrec.schema import Invalid, check_tree, described_fields, option
 from genrec.tokenizers.config import TokenizerConfig
-from genrec.trainer.config import EvalConfig, TrainerConfig, batch_plan
+from genrec.trainer.config import EvalConfig, FinetuneConfig, TrainerConfig, batch_plan
 
 
 @dataclass
@@ -34,6 +34,7 @@ class GenrecConfig:
     lightgcn: LightGCNConfig = option(LightGCNConfig, "LightGCN: user and item embeddings")
     tokenizer: TokenizerConfig = option(TokenizerConfig, "the item tokenizer")
     trainer: TrainerConfig = option(TrainerConfig, "the generative recommender's training")
+    finetune: FinetuneConfig = option(FinetuneConfig, "fine-tuning on one table (MTGRec)")
     evaluate: EvalConfig = option(EvalConfig, "evaluation")
     cluster: ClusterConfig = option(ClusterConfig, "the Ray cluster training runs on")
 
@@ -44,6 +45,12 @@ class GenrecConfig:
             batch_plan(self.trainer, self.cluster.num_workers)
         except Invalid as err:
             raise Invalid(f"trainer.{err.key}", err.message) from err
+        if max(self.finetune.candidates) >= self.tokenizer.tables:
+            raise Invalid(
+                "finetune.candidates",
+                f"({self.finetune.candidates}) name tables beyond the "
+                f"{self.tokenizer.tables} of tokenizer.tables",
+            )
         if 0 < self.evaluate.valid_users < self.cluster.num_workers:
             raise Invalid(
                 "evaluate.valid_users",

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from genrec import artifacts
 from genrec.artifacts import stage_dir
@@ -16,6 +16,7 @@ from genrec.data_pipeline.prepare import load_manifest, prepare
 from genrec.data_pipeline.text_embeddings import embed_items
 from genrec.errors import ConfigError
 from genrec.methods import method_spec
+from genrec.provenance import write_json
 from genrec.report import write_run_report
 from genrec.tokenizers.config import TokenizerInput, TokenizerName
 
@@ -106,13 +107,72 @@ def tokenize(cfg: DictConfig) -> Path:
     return run_tokenizer(cfg, fingerprint, inputs, stage_dir(cfg.run_dir, artifacts.TOKENIZER))
 
 
+def retokenize(cfg: DictConfig) -> Path:
+    """The kept checkpoints' ID tables (MTGRec's tokenizers), coded by the Ray actor pool."""
+    from genrec.cluster.retokenize import retokenize as run_pool
+
+    tokenizer = tokenize(cfg)
+    given = cfg.tokenizer.catalogue
+    vectors = Path(given) if given else tokenizer_inputs(cfg)["items"]
+    return run_pool(cfg, tokenizer, vectors, stage_dir(cfg.run_dir, artifacts.KEPT_TABLES))
+
+
+def id_tables(cfg: DictConfig) -> list[Path]:
+    """The semantic-ID tables the model reads, group 0 first: the final IDs, or with
+    `tokenizer.tables` > 1 those of the newest kept checkpoints."""
+    if cfg.tokenizer.tables == 1:
+        return [artifacts.semantic_ids(tokenize(cfg))]
+    folder = retokenize(cfg)
+    index = json.loads((folder / artifacts.TABLES_INDEX).read_text())
+    return [folder / table["path"] for table in index["tables"]]
+
+
 def train(cfg: DictConfig) -> Path:
     from genrec.cluster.train_job import train as run_training
 
-    tokenizer = tokenize(cfg)
-    out = run_training(cfg, data(cfg), tokenizer, stage_dir(cfg.run_dir, artifacts.TRAIN))
+    tables = id_tables(cfg)
+    out = run_training(cfg, data(cfg), tables, stage_dir(cfg.run_dir, artifacts.TRAIN))
     write_run_report(cfg.run_dir)
     return out
+
+
+def finetune(cfg: DictConfig) -> Path:
+    """The pre-trained model fine-tuned on one table, chosen by validation among
+    `finetune.candidates` (skipped, returning the pre-training, when finetune.epochs is 0)."""
+    from genrec.cluster.train_job import train as run_training
+    from genrec.trainer.evaluate import choose_table
+
+    pretrained = train(cfg) / artifacts.MODEL
+    if not cfg.finetune.epochs:
+        return pretrained.parent
+    tables = id_tables(cfg)
+    candidates = [tables[i] for i in cfg.finetune.candidates]
+    choice = choose_table(cfg, method_spec(cfg.method), pretrained, data(cfg), candidates)
+    tuned = OmegaConf.merge(
+        cfg,
+        {
+            "trainer": {
+                "epochs": cfg.finetune.epochs,
+                "lr": cfg.finetune.lr,
+                "init_from": str(pretrained.absolute()),
+                "curriculum": {"stage_epochs": []},
+            }
+        },
+    )
+    out = stage_dir(cfg.run_dir, artifacts.FINETUNE)
+    run_training(tuned, data(cfg), [Path(choice["table"])], out)
+    write_json(out / artifacts.TABLE_CHOICE, choice)
+    write_run_report(cfg.run_dir)
+    return out
+
+
+def trained_model(cfg: DictConfig) -> tuple[Path, list[Path]]:
+    """The model the method ends with and the tables it reads."""
+    if "finetune" in method_spec(cfg.method).stages and cfg.finetune.epochs:
+        folder = finetune(cfg)
+        choice = json.loads((folder / artifacts.TABLE_CHOICE).read_text())
+        return folder / artifacts.MODEL, [Path(choice["table"])]
+    return train(cfg) / artifacts.MODEL, id_tables(cfg)
 
 
 def sasrec_baseline(cfg: DictConfig) -> dict[str, Any]:
@@ -122,13 +182,17 @@ def sasrec_baseline(cfg: DictConfig) -> dict[str, Any]:
 
 def evaluate(cfg: DictConfig) -> Path:
     """`run_dir/metrics.json` for `evaluate.checkpoint`, or for the trained model by default."""
-    from genrec.trainer.evaluate import evaluate_checkpoint
+    from genrec.trainer.evaluate import evaluate_checkpoint, tables_of
 
     given = cfg.evaluate.checkpoint
-    checkpoint = Path(given) if given else train(cfg) / artifacts.MODEL
+    if given:
+        checkpoint = Path(given)
+        tables = tables_of(checkpoint, id_tables(cfg))
+    else:
+        checkpoint, tables = trained_model(cfg)
     out = Path(cfg.run_dir) / artifacts.METRICS
     baselines = {"sasrec": sasrec_baseline(cfg)}
     method = method_spec(cfg.method)
-    evaluate_checkpoint(cfg, method, checkpoint, data(cfg), tokenize(cfg), baselines, out)
+    evaluate_checkpoint(cfg, method, checkpoint, data(cfg), tables, baselines, out)
     write_run_report(cfg.run_dir)
     return out

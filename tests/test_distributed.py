@@ -73,7 +73,7 @@ POOL_BATCHES = 32  # stream_batches' length pool, in batches
 def inputs(tmp_path_factory):
     """Data and semantic IDs shared by every run here."""
     cfg = load_config([], [f"run_dir={tmp_path_factory.mktemp('inputs')}", *TINY])
-    return stages.data(cfg), stages.tokenize(cfg)
+    return stages.data(cfg), stages.id_tables(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,8 @@ def runs(inputs, tmp_path_factory):
 
 def _copy_inputs(inputs, run_dir: Path) -> Path:
     """A run folder holding the shared data, features and tokenizer, for a run to change."""
-    data_dir, tokenizer_dir = inputs
+    data_dir, tables = inputs
+    tokenizer_dir = tables[0].parent.parent
     shutil.copytree(data_dir, run_dir / "data")
     shutil.copytree(tokenizer_dir.parent / "features", run_dir / "features")
     shutil.copytree(tokenizer_dir, run_dir / "tokenizer")
@@ -154,7 +155,7 @@ def _losses_on(inputs, storage: Path, stage: int, workers: int, batches: list) -
     setting = [f"trainer.zero_stage={stage}", f"cluster.num_workers={workers}"]
     cfg = load_config([], [*TINY, f"run_dir={storage}", *setting, "trainer.micro_batch_size=null"])
     out = storage / f"losses-{stage}-{workers}.json"
-    job = {"cfg": to_plain(cfg), "data": str(inputs[0]), "tokenizer": str(inputs[1])}
+    job = {"cfg": to_plain(cfg), "data": str(inputs[0]), "tables": [str(p) for p in inputs[1]]}
 
     def loop_per_worker(config: dict) -> None:  # a closure: Ray ships it by value
         from genrec.trainer.train import Loop
@@ -162,7 +163,8 @@ def _losses_on(inputs, storage: Path, stage: int, workers: int, batches: list) -
         torch.set_num_threads(1)
         cfg = config_from_dict(config["cfg"])
         tiger = method_spec("tiger")
-        loop = Loop(cfg, Path(config["data"]), Path(config["tokenizer"]), "equal", tiger)
+        tables = [Path(path) for path in config["tables"]]
+        loop = Loop(cfg, Path(config["data"]), tables, "equal", tiger)
         rank, world = loop.rank, loop.world_size
         losses = []
         for rows in batches:

@@ -26,13 +26,19 @@ class ClusterConfig:
     schedule_timeout_s: float = option(120.0, "wait for resources before a clear error")
     fail_at_step: int = option(0, "drill: the last worker exits once at this step (0: never)")
     record_rows: bool = option(False, "audit: train.json lists every row each worker received")
+    retokenize_actors: int = option(2, "actors of the pool that re-tokenizes items")
+    retokenize_resources: dict[str, float] = option(
+        {"CPU": 1.0}, "Ray resources per re-tokenizing actor (CPU, GPU fraction...)"
+    )
+    retokenize_block: int = option(16384, "items an actor codes per task")
 
     def check(self) -> None:
-        at_least(self, 1, "num_workers")
+        at_least(self, 1, "num_workers", "retokenize_actors", "retokenize_block")
         at_least(self, -1, "max_failures")
         at_least(self, 0, "schedule_timeout_s", "fail_at_step")
         if self.threads_per_worker is not None:
             at_least(self, 1, "threads_per_worker")
-        negative = {key: value for key, value in self.resources_per_worker.items() if value < 0}
-        if negative:
-            raise Invalid("resources_per_worker", f"must not be negative, got {negative}")
+        for key in ("resources_per_worker", "retokenize_resources"):
+            negative = {name: value for name, value in getattr(self, key).items() if value < 0}
+            if negative:
+                raise Invalid(key, f"must not be negative, got {negative}")

@@ -41,7 +41,8 @@ def ray_session(cluster: DictConfig) -> Iterator[None]:
         os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
         ray.init(address=address, log_to_driver=True)
     else:
-        need = worker_bundle(cluster)["CPU"] * cluster.num_workers + 1
+        pool = cluster.retokenize_resources.get("CPU", 1.0) * cluster.retokenize_actors
+        need = max(worker_bundle(cluster)["CPU"] * cluster.num_workers + 1, pool)
         cpus = max(os.cpu_count() or 1, math.ceil(need))
         ray.init(address="local", num_cpus=cpus, include_dashboard=True)
     try:

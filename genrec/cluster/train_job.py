@@ -70,7 +70,8 @@ class Worker:
         shared = (os.cpu_count() or 1) // context.get_local_world_size()
         torch.set_num_threads(self.cfg.cluster.threads_per_worker or max(1, shared))
         method = method_spec(self.cfg.method)
-        self.loop = Loop(self.cfg, self.data_dir, Path(job["tokenizer_dir"]), job["key"], method)
+        tables = [Path(path) for path in job["tables"]]
+        self.loop = Loop(self.cfg, self.data_dir, tables, job["key"], method)
         self.sizes = unit_sizes(self.data_dir, self.cfg.trainer.epochs, self.cfg.seed)
         self.position = DataPosition()
         self.loop.states["data_position"] = self.position
@@ -137,6 +138,7 @@ class Worker:
             "parameters": loop.model.num_parameters(),
             "model": vars(loop.model.config),
             "code_groups": loop.codes.num_groups,
+            "curriculum": None if loop.curriculum is None else loop.curriculum.state_dict(),
             "position": self.position.state_dict(),
             "validations": p.history,
             "train_loss": p.losses,
@@ -148,7 +150,7 @@ class Worker:
         shard = ray.train.get_dataset_shard("train")
         sequences = shard.iter_batches(batch_size=SEQUENCES_PER_READ, batch_format="numpy")
         rng = np.random.default_rng([self.cfg.seed, self.attempt, self.rank])
-        trainer, groups = self.cfg.trainer, self.loop.codes.num_groups
+        trainer, curriculum = self.cfg.trainer, self.loop.curriculum
         return stream_batches(
             sequences,
             self.tracker,
@@ -156,7 +158,8 @@ class Worker:
             batch_plan(trainer, self.loop.world_size)[0],
             trainer.shuffle_buffer,
             rng,
-            None if groups == 1 else np.full(groups, 1 / groups),
+            None if curriculum is None else curriculum.weights,
+            self.cfg.seed,
         )
 
     def run(self) -> None:
@@ -216,12 +219,12 @@ def training_failure(err: ray.train.TrainingFailedError, checkpoints: Path) -> G
     )
 
 
-def train(cfg: DictConfig, data_dir: Path, tokenizer_dir: Path, out_dir: Path) -> Path:
+def train(cfg: DictConfig, data_dir: Path, tables: list[Path], out_dir: Path) -> Path:
     """Trains on Ray (or reuses out_dir when data, IDs and config are unchanged); writes
     `model.pt` (the best-validation weights, consolidated whatever the ZeRO stage) and
-    `train.json` (validation history, throughput, what each attempt read, provenance)."""
-    method = method_spec(cfg.method)
-    key = train_fingerprint(cfg, data_dir, method.code_tables(tokenizer_dir))
+    `train.json` (validation history, throughput, what each attempt read, provenance).
+    `tables` are the semantic-ID tables, one per code group, group 0 the one validation reads."""
+    key = train_fingerprint(cfg, data_dir, tables)
     if made_with(out_dir / TRAIN_SUMMARY, key):
         log.info("train: reusing %s (fingerprint %s)", out_dir, key)
         return out_dir
@@ -238,7 +241,7 @@ def train(cfg: DictConfig, data_dir: Path, tokenizer_dir: Path, out_dir: Path) -
         job = {
             "cfg": to_plain(cfg),
             "data_dir": str(Path(data_dir).absolute()),
-            "tokenizer_dir": str(Path(tokenizer_dir).absolute()),
+            "tables": [str(Path(path).absolute()) for path in tables],
             "key": key,
             "board": board,
             "storage": str(storage / name),

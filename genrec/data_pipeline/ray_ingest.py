@@ -9,7 +9,7 @@ opening them and drop the rows already trained on from the others.
 """
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,6 +241,18 @@ class PositionTracker:
         return arrivals
 
 
+def group_draws(seed: int, unit: int, row: int, count: int) -> np.ndarray:
+    """Uniforms [count] for the examples of one row in one work unit: a pure function of the
+    seed and the example, so any worker count, order or restart draws the same groups."""
+    return np.random.default_rng([seed, 1, unit, row]).random(count)
+
+
+def draw_groups(uniforms: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Group g with probability weights[g], by inverting the cumulative weights."""
+    edges = np.cumsum(weights)
+    return np.minimum(np.searchsorted(edges / edges[-1], uniforms, side="right"), len(weights) - 1)
+
+
 def stream_batches(
     sequences: Iterable[dict[str, np.ndarray]],
     tracker: PositionTracker,
@@ -248,23 +260,27 @@ def stream_batches(
     batch_size: int,
     shuffle_buffer: int,
     rng: np.random.Generator,
-    group_weights: np.ndarray | None = None,
+    group_weights: Callable[[], np.ndarray] | None = None,
+    draw_seed: int = 0,
     pool_batches: int = 32,
 ) -> Iterator[dict[str, Any]]:
     """Collated, length-grouped, shuffled prefix-example batches from Ray batches of sequences;
     each batch keeps its examples' (unit, row) as `source` for the tracker.
 
-    Every example is read in one of G code groups (`group`), drawn with `group_weights`
-    (None: the single group 0)."""
+    Every example, history and target alike, is read in one of G code groups (`group`), drawn
+    with the weights `group_weights()` holds when its batch leaves (None: the single group 0)."""
 
     def examples() -> Iterator[Example]:
         for block in sequences:
             for unit, row, user, items in zip(
                 block["unit"], block["row"], block["user"], block["items"], strict=True
             ):
-                tracker.received(int(unit), int(row), max(len(items) - 1, 0))
-                for example in prefix_examples(int(user), np.asarray(items), max_history):
-                    example["source"] = (int(unit), int(row))
+                count = max(len(items) - 1, 0)
+                tracker.received(int(unit), int(row), count)
+                draws = group_draws(draw_seed, int(unit), int(row), count)
+                prefixes = prefix_examples(int(user), np.asarray(items), max_history)
+                for example, draw in zip(prefixes, draws, strict=True):
+                    example["source"], example["draw"] = (int(unit), int(row)), draw
                     yield example
 
     stream = shuffled(examples(), shuffle_buffer, rng) if shuffle_buffer > 1 else examples()
@@ -272,7 +288,7 @@ def stream_batches(
         groups = (
             np.zeros(len(batch), dtype=np.int64)
             if group_weights is None
-            else rng.choice(len(group_weights), size=len(batch), p=group_weights)
+            else draw_groups(np.array([ex["draw"] for ex in batch]), group_weights())
         )
         yield {
             **collate(batch),

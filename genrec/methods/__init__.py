@@ -2,10 +2,11 @@
 
 from genrec.errors import ConfigError
 from genrec.methods.letter import LETTER
+from genrec.methods.mtgrec import MTGREC
 from genrec.methods.spec import MethodSpec
 from genrec.methods.tiger import TIGER
 
-METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (TIGER, LETTER)}
+METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (TIGER, LETTER, MTGREC)}
 
 
 def method_spec(name: str) -> MethodSpec:

@@ -4,7 +4,6 @@ A checkpoint holds the state dict and the spec (tokenizer config, input and CF d
 `load_tokenizer(path)` needs nothing else: what a Ray actor needs to tokenize item shards.
 """
 
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -56,19 +55,3 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     tok = build_tokenizer(cfg, spec["input_dim"], spec["seed"], spec["cf_dim"])
     tok.load_state_dict(blob["state_dict"])
     return tok.eval()
-
-
-class EpochCheckpoints:
-    """Keeps a checkpoint for each of the last `keep` epochs (MTGRec: adjacent-epoch tokenizers)."""
-
-    def __init__(self, folder: Path, keep: int):
-        self.folder, self.keep = folder, keep
-        self.saved: deque[Path] = deque()
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def save(self, epoch: int, tok: Tokenizer) -> None:
-        path = self.folder / f"epoch-{epoch:05d}.pt"
-        save_tokenizer(tok, path)
-        self.saved.append(path)
-        while len(self.saved) > self.keep:
-            self.saved.popleft().unlink()

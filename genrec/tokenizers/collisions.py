@@ -74,6 +74,42 @@ def sinkhorn_resolve(
     return codes
 
 
+def extend_dedup(existing: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """IDs [M, L + 1] for new items' codes [M, L] beside existing IDs [N, L + 1] made by
+    `dedup_codes`: the existing IDs stay, each new item takes the next free dedup number of its
+    codes, so the whole table is unique."""
+    existing, codes = _check_codes(existing), _check_codes(codes)
+    groups = _row_groups(np.concatenate([existing[:, :-1], codes]))
+    next_free = np.zeros(groups.max(initial=0) + 1, dtype=np.int64)
+    np.maximum.at(next_free, groups[: len(existing)], existing[:, -1] + 1)
+    new = groups[len(existing) :]
+    return np.column_stack([codes, next_free[new] + _rank_within_groups(new)])
+
+
+def extend_nearest_free(
+    existing: np.ndarray, codes: np.ndarray, last_distances: np.ndarray
+) -> np.ndarray:
+    """IDs [M, L + 1] for new items beside existing IDs made by `sinkhorn_resolve` (plus the
+    zero column): the existing IDs stay, each new item, in order, takes the nearest last-level
+    code its prefix has free. A Sinkhorn plan is not redone, as it would move existing items."""
+    existing, codes = _check_codes(existing), _check_codes(codes)
+    distances = _check_distances(last_distances, codes)
+    taken = {tuple(row) for row in existing[:, :-1].tolist()}
+    out = codes.copy()
+    for i, row in enumerate(codes.tolist()):
+        for code in np.argsort(distances[i], kind="stable").tolist():
+            if (*row[:-1], code) not in taken:
+                break
+        else:
+            raise ValueError(
+                f"new item {i}: every last-level code of its prefix {row[:-1]} is taken; "
+                f"{SINKHORN_HINT}"
+            )
+        out[i, -1] = code
+        taken.add((*row[:-1], code))
+    return np.column_stack([out, np.zeros(len(out), dtype=np.int64)])
+
+
 def _pending_groups(
     prefix: np.ndarray, last: np.ndarray, resolved: np.ndarray, num_codes: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

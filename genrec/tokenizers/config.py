@@ -1,5 +1,6 @@
 """Configuration of the item tokenizers."""
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -77,13 +78,26 @@ class TokenizerConfig:
     rotation_trick: bool = option(False, "rotation trick instead of the straight-through estimator")
     kmeans_init: bool = option(True, "codebooks start from k-means of the untrained encoder")
     kmeans_iters: int = option(50, "k-means iterations (init, rqkmeans)")
-    dead_code_restart: bool = option(True, "re-seat unused codewords after each epoch")
+    dead_code_restart: bool = option(
+        True, "re-seat unused codewords after each epoch before the kept window"
+    )
     collapse_warning_usage: float = option(0.1, "warn when a level uses less of its codebook")
     epochs: int = option(200, "training epochs")
     batch_size: int = option(1024, "items per batch")
     lr: float = option(1e-3, "AdamW learning rate")
     weight_decay: float = option(1e-4, "AdamW weight decay (networks only)")
-    keep_epochs: int = option(3, "checkpoints kept of the last epochs (MTGRec's tokenizers)")
+    whiten: bool = option(False, "PCA-whiten the item vectors before the encoder (TIGER++)")
+    keep_epochs: int = option(1, "checkpoints kept of the last epochs (MTGRec's tokenizers)")
+    keep_every: int = option(1, "epochs between two kept checkpoints")
+    settle_lr: float = option(
+        1.0, "lr share a cosine decay reaches at the first kept epoch, flat after (1: constant)"
+    )
+    tables: int = option(
+        1, "semantic-ID tables, from the newest kept checkpoints (MTGRec's M tokenizers)"
+    )
+    catalogue: str | None = option(
+        None, "item vectors (.npy) the kept checkpoints re-tokenize; null: the tokenizer's input"
+    )
     collisions: CollisionMode = option(CollisionMode.dedup, "dedup code, or Sinkhorn re-assignment")
     sinkhorn_epsilon: float = option(0.05, "entropy weight of the Sinkhorn plan")
     sinkhorn_iters: int = option(50, "Sinkhorn iterations")
@@ -94,16 +108,52 @@ class TokenizerConfig:
     def check(self) -> None:
         device_name(self, "device")
         at_least(self, 1, "num_levels", "latent_dim", "kmeans_iters", "epochs", "batch_size")
-        at_least(self, 1, "keep_epochs", "sinkhorn_iters")
+        at_least(self, 1, "keep_epochs", "keep_every", "tables", "sinkhorn_iters")
         at_least(self, 2, "codebook_size")
         at_least(self, 0, "commitment", "weight_decay")
         positive(self, "lr", "sinkhorn_epsilon")
         _share(self, "dropout", "ema_decay", "collapse_warning_usage")
+        if not 0 < self.settle_lr <= 1:
+            raise Invalid("settle_lr", f"must be in (0, 1], got {self.settle_lr}")
         if not self.hidden_dims or min(self.hidden_dims) < 1:
             raise Invalid(
                 "hidden_dims", f"must be a non-empty list of widths, got {self.hidden_dims}"
             )
-        if self.keep_epochs > self.epochs:
+        span = kept_window(self)
+        if span > self.epochs:
             raise Invalid(
-                "keep_epochs", f"({self.keep_epochs}) exceeds tokenizer.epochs ({self.epochs})"
+                "keep_epochs",
+                f"({self.keep_epochs}, every {self.keep_every}) spans {span} epochs, more than "
+                f"tokenizer.epochs ({self.epochs})",
             )
+        if self.tables > self.keep_epochs:
+            raise Invalid(
+                "tables",
+                f"({self.tables}) exceeds the checkpoints kept (tokenizer.keep_epochs = "
+                f"{self.keep_epochs}): each table is read from its own kept checkpoint",
+            )
+
+
+# Keys read after the tokenizer is fitted: changing them refits nothing.
+READ_SIDE_KEYS = ("tables", "catalogue")
+
+
+def kept_window(cfg: TokenizerConfig) -> int:
+    """Epochs from the first kept checkpoint to the last, both included."""
+    return (cfg.keep_epochs - 1) * cfg.keep_every + 1
+
+
+def is_kept(cfg: TokenizerConfig, epoch: int) -> bool:
+    """Whether epoch (0-based) is one of the last `keep_epochs`, `keep_every` apart."""
+    back = cfg.epochs - 1 - epoch
+    return back % cfg.keep_every == 0 and back // cfg.keep_every < cfg.keep_epochs
+
+
+def epoch_lr(cfg: TokenizerConfig, epoch: int) -> float:
+    """Cosine decay to `settle_lr * lr` at the first kept epoch, flat after it: the kept
+    checkpoints are adjacent points of one settled run (MTGRec's related tokenizers)."""
+    first_kept = cfg.epochs - kept_window(cfg)
+    if epoch >= first_kept:
+        return cfg.lr * cfg.settle_lr
+    progress = epoch / max(first_kept, 1)
+    return cfg.lr * (cfg.settle_lr + (1 - cfg.settle_lr) * 0.5 * (1 + math.cos(math.pi * progress)))

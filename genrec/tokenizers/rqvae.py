@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from genrec.tokenizers.config import TokenizerConfig
 from genrec.tokenizers.quantizer import ResidualQuantizer
-from genrec.tokenizers.training import VQAutoencoder, mlp
+from genrec.tokenizers.training import VQAutoencoder, Whitening, mlp
 
 
 class RQVAE(VQAutoencoder):
@@ -18,6 +18,8 @@ class RQVAE(VQAutoencoder):
         torch.manual_seed(seed)
         dims = [input_dim, *cfg.hidden_dims, cfg.latent_dim]
         self.encoder = mlp(dims, cfg.dropout)
+        if cfg.whiten:
+            self.encoder.insert(0, Whitening(input_dim))
         self.decoder = mlp(dims[::-1], cfg.dropout)
         self.quantizer = ResidualQuantizer(
             cfg.num_levels,

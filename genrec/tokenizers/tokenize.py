@@ -2,10 +2,13 @@
 
 Outputs under the stage folder: `report.json`, and `items/` (for MQ also `users/`) holding
 `semantic_ids.parquet` (id, codes incl. the dedup code), `tokenizer.pt`,
-`checkpoints/epoch-*.pt` (the last `tokenizer.keep_epochs`) and TensorBoard curves in `tb/`.
+`checkpoints/epoch-*.pt` (the kept epochs: the last `tokenizer.keep_epochs`, `keep_every`
+apart; MTGRec's related tokenizers) and TensorBoard curves in `tb/`. The report gives, for each
+pair of adjacent kept epochs, the share of items whose first code and whose whole ID changed.
 Reused when inputs and config are unchanged.
 """
 
+import itertools
 import json
 import logging
 import time
@@ -19,7 +22,12 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
-from genrec.artifacts import SEMANTIC_IDS, TOKENIZER_CHECKPOINT, TOKENIZER_REPORT
+from genrec.artifacts import (
+    KEPT_CHECKPOINTS,
+    SEMANTIC_IDS,
+    TOKENIZER_CHECKPOINT,
+    TOKENIZER_REPORT,
+)
 from genrec.errors import ConfigError, DataError
 from genrec.provenance import (
     atomic_dir,
@@ -31,9 +39,9 @@ from genrec.provenance import (
     write_json,
 )
 from genrec.tokenizers.base import Tokenizer
-from genrec.tokenizers.checkpoints import EpochCheckpoints, build_tokenizer, save_tokenizer
+from genrec.tokenizers.checkpoints import build_tokenizer, save_tokenizer
 from genrec.tokenizers.collisions import collision_rate, dedup_codes, sinkhorn_resolve
-from genrec.tokenizers.config import CollisionMode
+from genrec.tokenizers.config import READ_SIDE_KEYS, CollisionMode, TokenizerConfig, is_kept
 from genrec.tokenizers.report import code_report, usage_collapse_levels
 
 log = logging.getLogger(__name__)
@@ -70,52 +78,57 @@ def _check_sizes(cfg: DictConfig, rows: int) -> None:
 
 
 class _EpochLog:
-    """Per-epoch TensorBoard curves, code usage, checkpoints, and codes of the kept epochs."""
+    """Per-epoch TensorBoard curves and code usage; checkpoints and codes of the kept epochs."""
 
-    def __init__(self, out: Path, vectors: torch.Tensor, keep: int, codebook_size: int):
+    def __init__(self, out: Path, vectors: torch.Tensor, cfg: TokenizerConfig):
         self.writer = SummaryWriter(str(out / "tb"))
-        self.checkpoints = EpochCheckpoints(out / "checkpoints", keep)
-        self.vectors, self.keep, self.codebook_size = vectors, keep, codebook_size
-        self.codes: list[np.ndarray] = []
+        self.folder = out / KEPT_CHECKPOINTS
+        self.folder.mkdir()
+        self.vectors, self.cfg = vectors, cfg
+        self.kept: list[tuple[int, np.ndarray]] = []
 
     def __call__(self, epoch: int, tok: Tokenizer, logs: dict[str, float]) -> None:
         codes = tok.encode(self.vectors).numpy()
         for name, value in logs.items():
             self.writer.add_scalar(f"train/{name}", value, epoch)
         for level in range(codes.shape[1]):
-            used = np.unique(codes[:, level]).size / self.codebook_size
+            used = np.unique(codes[:, level]).size / self.cfg.codebook_size
             self.writer.add_scalar(f"usage/level_{level}", used, epoch)
         self.writer.add_scalar("collision_rate", collision_rate(codes), epoch)
-        self.checkpoints.save(epoch, tok)
-        self.codes = [*self.codes, codes][-self.keep :]
+        if is_kept(self.cfg, epoch):
+            save_tokenizer(tok, self.folder / f"epoch-{epoch:05d}.pt")
+            self.kept.append((epoch, codes))
 
-    def adjacent_changes(self) -> list[float]:
-        """Share of items whose codes differ between each pair of adjacent kept epochs."""
+    def adjacent_changes(self) -> list[dict[str, Any]]:
+        """For each pair of adjacent kept epochs, the share of items whose first code, and
+        whose codes as a whole, differ."""
         return [
-            float((a != b).any(axis=1).mean())
-            for a, b in zip(self.codes, self.codes[1:], strict=False)
+            {
+                "epochs": [a, b],
+                "first_code": float((x[:, 0] != y[:, 0]).mean()),
+                "id": float((x != y).any(axis=1).mean()),
+            }
+            for (a, x), (b, y) in itertools.pairwise(self.kept)
         ]
 
 
-def _resolve(
-    tok: Tokenizer, codes: np.ndarray, vectors: torch.Tensor, cfg: DictConfig
+def resolve_ids(
+    codes: np.ndarray, last_distances: np.ndarray | None, cfg: TokenizerConfig
 ) -> np.ndarray:
-    """Unique IDs: TIGER's extra dedup code, or LETTER's Sinkhorn re-assignment (+ a zero code)."""
-    if cfg.tokenizer.collisions is CollisionMode.dedup:
+    """Unique IDs: TIGER's extra dedup code, or LETTER's Sinkhorn re-assignment (+ a zero code);
+    `last_distances` [N, K] are only needed for Sinkhorn."""
+    if cfg.collisions is CollisionMode.dedup:
         return dedup_codes(codes)
     try:
         resolved = sinkhorn_resolve(
-            codes,
-            tok.last_level_distances(vectors).numpy(),
-            epsilon=cfg.tokenizer.sinkhorn_epsilon,
-            iters=cfg.tokenizer.sinkhorn_iters,
+            codes, last_distances, epsilon=cfg.sinkhorn_epsilon, iters=cfg.sinkhorn_iters
         )
     except ValueError as err:
         raise ConfigError(f"config key 'tokenizer.collisions': {err}") from err
     return np.concatenate([resolved, np.zeros((len(resolved), 1), dtype=resolved.dtype)], axis=1)
 
 
-def _id_table(ids: np.ndarray, id_column: str) -> pa.Table:
+def id_table(ids: np.ndarray, id_column: str) -> pa.Table:
     flat = pa.array(ids.astype(np.int32).ravel())
     offsets = pa.array(np.arange(0, ids.size + 1, ids.shape[1], dtype=np.int32))
     return pa.table(
@@ -135,7 +148,7 @@ def fit_and_tokenize(
     x = torch.from_numpy(vectors)
     cf_tensor = None if cf is None else torch.from_numpy(cf)
     tok = build_tokenizer(cfg.tokenizer, x.shape[1], cfg.seed, None if cf is None else cf.shape[1])
-    epochs = _EpochLog(out, x, cfg.tokenizer.keep_epochs, cfg.tokenizer.codebook_size)
+    epochs = _EpochLog(out, x, cfg.tokenizer)
     started = time.perf_counter()
     tok.fit(x, cf_tensor, epochs)
     fit_seconds = time.perf_counter() - started
@@ -144,8 +157,10 @@ def fit_and_tokenize(
     started = time.perf_counter()
     codes = tok.encode(x).numpy()
     encode_seconds = time.perf_counter() - started
-    ids = _resolve(tok, codes, x, cfg)
-    pq.write_table(_id_table(ids, id_column), out / SEMANTIC_IDS)
+    sinkhorn = cfg.tokenizer.collisions is CollisionMode.sinkhorn
+    distances = tok.last_level_distances(x).numpy() if sinkhorn else None
+    ids = resolve_ids(codes, distances, cfg.tokenizer)
+    pq.write_table(id_table(ids, id_column), out / SEMANTIC_IDS)
     report = code_report(codes, cfg.tokenizer.codebook_size)
     collapsed = usage_collapse_levels(report, cfg.tokenizer.collapse_warning_usage)
     if collapsed:
@@ -178,7 +193,7 @@ def tokenize(
     """
     key = fingerprint(
         data_fingerprint,
-        to_plain(cfg.tokenizer),
+        {k: v for k, v in to_plain(cfg.tokenizer).items() if k not in READ_SIDE_KEYS},
         cfg.seed,
         {name: file_digest(path) for name, path in sorted(inputs.items())},
     )

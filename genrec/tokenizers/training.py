@@ -9,7 +9,7 @@ from torch import nn
 from tqdm import tqdm
 
 from genrec.tokenizers.base import EpochCallback, Tokenizer
-from genrec.tokenizers.config import TokenizerConfig
+from genrec.tokenizers.config import TokenizerConfig, epoch_lr, kept_window
 from genrec.tokenizers.quantizer import Codebook
 
 
@@ -21,6 +21,29 @@ def mlp(dims: list[int], dropout: float) -> nn.Sequential:
         if i < len(dims) - 2:
             layers += [nn.ReLU(), nn.Dropout(dropout)]
     return nn.Sequential(*layers)
+
+
+class Whitening(nn.Module):
+    """PCA whitening fitted on the item vectors (MTGRec's TIGER++ input): decorrelated, unit
+    variance directions, so no few dominant directions decide the first codes. Its mean and
+    projection are buffers: checkpoints carry them."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("projection", torch.eye(dim))
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor) -> None:
+        self.mean.copy_(x.mean(0))
+        centred = x - self.mean
+        covariance = centred.T @ centred / max(len(x) - 1, 1)
+        values, vectors = torch.linalg.eigh(covariance.double())
+        self.projection.copy_((vectors / (values.clamp(min=0) + self.eps).sqrt()).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) @ self.projection
 
 
 class VQAutoencoder(Tokenizer):
@@ -56,6 +79,12 @@ class VQAutoencoder(Tokenizer):
             {"params": [p for p in self.parameters() if id(p) in codebooks], "weight_decay": 0.0},
         ]
 
+    def prepare(self, vectors: torch.Tensor) -> None:
+        """Fits what is computed from the data rather than trained (the whitening)."""
+        for module in self.modules():
+            if isinstance(module, Whitening):
+                module.fit(vectors)
+
     def start_epoch(self, vectors: torch.Tensor) -> None:
         """Per-epoch refresh (LETTER re-clusters its codebooks here)."""
 
@@ -68,11 +97,15 @@ class VQAutoencoder(Tokenizer):
         cfg = self.cfg
         torch.manual_seed(self.seed)
         generator = torch.Generator().manual_seed(self.seed)
+        self.eval()
+        self.prepare(vectors)
         if cfg.kmeans_init:
-            self.eval()
             self.init_codebooks(vectors)
         optimizer = torch.optim.AdamW(self.param_groups(), lr=cfg.lr)
+        restart_until = cfg.epochs - kept_window(cfg)
         for epoch in tqdm(range(cfg.epochs), desc=type(self).__name__, unit="epoch"):
+            for group in optimizer.param_groups:
+                group["lr"] = epoch_lr(cfg, epoch)
             self.train()
             self.start_epoch(vectors)
             totals: dict[str, float] = defaultdict(float)
@@ -85,7 +118,7 @@ class VQAutoencoder(Tokenizer):
                 for name, value in losses.items():
                     totals[name] += float(value.detach()) / len(batches)
             self.eval()
-            if cfg.dead_code_restart and epoch < cfg.epochs - 1:
+            if cfg.dead_code_restart and epoch < restart_until:
                 restarted = self.restart_dead_codes(vectors, generator)
                 totals["dead_codes_restarted"] = float(sum(restarted))
             if on_epoch is not None:

@@ -41,6 +41,29 @@ class ModelOptions:
 
 
 @dataclass
+class CurriculumConfig:
+    """MTGRec's influence curriculum over code groups (used when a run reads several tables)."""
+
+    stage_epochs: list[float] = option(
+        [], "epochs of each stage (the first a warm-up); [] keeps the groups uniform"
+    )
+    tau: float = option(1.0, "softmax temperature of the group weights")
+    normalize: bool = option(
+        True, "min-max scale the scores to [0, 1] first, so tau means the same at any scale"
+    )
+    train_examples: int = option(128, "training examples each group's gradient is taken on")
+    valid_examples: int = option(256, "validation examples (mixed over the groups)")
+    projection_dim: int = option(0, "random projection of the gradients (0: exact dot products)")
+
+    def check(self) -> None:
+        positive(self, "tau")
+        at_least(self, 1, "train_examples", "valid_examples")
+        at_least(self, 0, "projection_dim")
+        if any(epochs <= 0 for epochs in self.stage_epochs):
+            raise Invalid("stage_epochs", f"must all be positive, got {self.stage_epochs}")
+
+
+@dataclass
 class TrainerConfig:
     """Optimisation on a DeepSpeed engine; `batch_size` is global (all workers, all micro-steps).
 
@@ -72,6 +95,8 @@ class TrainerConfig:
     shuffle_buffer: int = option(4096, "examples in each worker's shuffle buffer")
     log_every: int = option(20, "optimizer steps between TensorBoard points")
     model: ModelOptions = option(ModelOptions, "the encoder-decoder's size")
+    init_from: str | None = option(None, "a model.pt whose weights training starts from")
+    curriculum: CurriculumConfig = option(CurriculumConfig, "MTGRec's curriculum over groups")
 
     def check(self) -> None:
         device_name(self, "device")
@@ -85,6 +110,29 @@ class TrainerConfig:
             raise Invalid("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise Invalid("zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if sum(self.curriculum.stage_epochs) > self.epochs:
+            raise Invalid(
+                "curriculum.stage_epochs",
+                f"({self.curriculum.stage_epochs}) span {sum(self.curriculum.stage_epochs)} "
+                f"epochs, more than the run's trainer.epochs ({self.epochs})",
+            )
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning after pre-training on several tables (MTGRec): one table, lower lr."""
+
+    epochs: int = option(0, "fine-tuning epochs on one table after pre-training (0: none)")
+    lr: float = option(2e-4, "peak learning rate of fine-tuning")
+    candidates: list[int] = option(
+        [0], "tables validation picks the fine-tuning one from (0: the final epoch's)"
+    )
+
+    def check(self) -> None:
+        at_least(self, 0, "epochs")
+        positive(self, "lr")
+        if not self.candidates or min(self.candidates) < 0:
+            raise Invalid("candidates", f"must be table indices >= 0, got {self.candidates}")
 
 
 def batch_plan(trainer: TrainerConfig, workers: int) -> tuple[int, int]:

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from genrec.artifacts import SELECT_METRIC
 from genrec.cf.popularity import popularity_metrics
 from genrec.data_pipeline.prepared import EvalSet, load_prepared
 from genrec.errors import DataError
@@ -50,9 +51,10 @@ def left_padded(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> to
 
 
 def eval_batches(
-    split: EvalSet, codes: ItemCodes, batch_size: int, desc: str | None = None
+    split: EvalSet, codes: ItemCodes, batch_size: int, desc: str | None = None, groups: int = 1
 ) -> Iterator[tuple[np.ndarray, Batch]]:
-    """(rows, batch) over a split, read in code group 0; a progress bar when `desc` is given."""
+    """(rows, batch) over a split, row r read in code group r mod `groups` (default: all in
+    group 0); a progress bar when `desc` is given."""
     starts = range(0, split.targets.size, batch_size)
     for start in tqdm(starts, desc=desc, disable=desc is None):
         rows = np.arange(start, min(start + batch_size, split.targets.size))
@@ -60,7 +62,7 @@ def eval_batches(
             "user": torch.as_tensor(split.users[rows]),
             "history": left_padded(split.offsets, split.history, rows),
             "target": torch.as_tensor(split.targets[rows]),
-            "group": torch.zeros(rows.size, dtype=torch.long),
+            "group": torch.as_tensor(rows % groups),
         }
         yield rows, Batch.coded(columns, codes, codes.table.device)
 
@@ -110,21 +112,27 @@ def evaluate_checkpoint(
     method: MethodHooks,
     checkpoint: Path,
     data_dir: Path,
-    tokenizer_dir: Path,
+    tables: list[Path],
     baselines: dict[str, dict[str, Any]],
     out: Path,
 ) -> dict[str, Any]:
-    """Valid and test metrics of a saved model beside the baselines, written to `out` (JSON).
+    """Valid and test metrics of a saved model, read with the semantic-ID tables it was trained
+    on (`tables`, group 0 decoded), beside the baselines, written to `out` (JSON).
 
     Reuses `out` when the checkpoint, baselines and evaluation settings are unchanged.
     """
-    key = fingerprint(file_digest(checkpoint), to_plain(cfg.evaluate), baselines, method.name)
+    key = fingerprint(
+        file_digest(checkpoint),
+        table_digests(tables),
+        to_plain(cfg.evaluate),
+        baselines,
+        method.name,
+    )
     if made_with(out, key):
         log.info("evaluate: reusing %s", out)
         return json.loads(Path(out).read_text())
     device = resolve_device(cfg.trainer.device)
     model, saved = load_model(checkpoint, method.build_model, device)
-    tables = method.code_tables(tokenizer_dir)
     if saved.get("semantic_ids", table_digests(tables)) != table_digests(tables):
         raise DataError(
             str(tables[0]),
@@ -153,3 +161,38 @@ def evaluate_checkpoint(
     }
     write_json(out, result)
     return result
+
+
+def tables_of(checkpoint: Path, tables: list[Path]) -> list[Path]:
+    """Those of `tables` a saved model was trained on, in its order (all of them when some are
+    missing: the digest check of `evaluate_checkpoint` then names the mismatch)."""
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["semantic_ids"]
+    except (OSError, RuntimeError, KeyError, EOFError) as err:
+        raise DataError(str(checkpoint), f"not a genrec model checkpoint: {err}") from err
+    by_digest = {file_digest(path): path for path in tables}
+    return [by_digest[d] for d in saved] if all(d in by_digest for d in saved) else tables
+
+
+def choose_table(
+    cfg: DictConfig, method: MethodHooks, checkpoint: Path, data_dir: Path, candidates: list[Path]
+) -> dict[str, Any]:
+    """The candidate table a saved model ranks validation best with (MTGRec's fine-tuning
+    tokenizer), and each candidate's validation metrics; the test split is not read."""
+    if len(candidates) == 1:
+        return {"table": str(candidates[0]), "candidates": {str(candidates[0]): None}}
+    device = resolve_device(cfg.trainer.device)
+    model, _ = load_model(checkpoint, method.build_model, device)
+    data = load_prepared(data_dir)
+    valid = data.valid.subsample(cfg.evaluate.valid_users, cfg.seed)
+    scores = {}
+    for table in candidates:
+        codes = ItemCodes.load([table], data.num_items, model.config.codebook_size).to(device)
+        ranker = method.ranker(cfg, codes)
+        k, batch = cfg.evaluate.beam_size, cfg.evaluate.batch_size
+        scores[str(table)] = split_metrics(model, ranker, codes, valid, k, batch, progress=False)
+    best = max(scores, key=lambda table: scores[table][SELECT_METRIC])
+    log.info(
+        "fine-tuning table: %s (valid %s %.4f)", best, SELECT_METRIC, scores[best][SELECT_METRIC]
+    )
+    return {"table": best, "candidates": scores}

@@ -1,7 +1,6 @@
 """What the shared training loop and evaluation ask of a method (genrec/methods/ supplies it)."""
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Protocol
 
 from omegaconf import DictConfig
@@ -14,8 +13,6 @@ from genrec.trainer.ranking import Ranker
 
 class MethodHooks(Protocol):
     name: str
-    # The semantic-ID tables the model reads, one per code group (group 0 first).
-    code_tables: Callable[[Path], list[Path]]
     # The model with the method's output head.
     build_model: Callable[[ModelConfig], GenerativeRecommender]
     # How a batch becomes a loss.

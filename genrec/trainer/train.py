@@ -9,6 +9,7 @@ where checkpoints go is the caller's business (genrec/cluster/train_job.py runs 
 Train). The test split is never read here.
 """
 
+import dataclasses
 import logging
 import math
 import time
@@ -28,8 +29,10 @@ from tqdm import tqdm
 from genrec.artifacts import SELECT_METRIC
 from genrec.data_pipeline.prepare import load_manifest
 from genrec.data_pipeline.prepared import load_eval_set
-from genrec.provenance import code_version, fingerprint, to_plain
-from genrec.trainer.checkpoint import model_payload
+from genrec.errors import DataError
+from genrec.provenance import code_version, file_digest, fingerprint, to_plain
+from genrec.trainer.checkpoint import load_model, model_payload
+from genrec.trainer.curriculum import Curriculum
 from genrec.trainer.engine import build_engine, full_state_dict, resolve_device
 from genrec.trainer.evaluate import split_loss, split_metrics, table_digests
 from genrec.trainer.hooks import MethodHooks
@@ -64,12 +67,28 @@ def model_config(cfg: DictConfig, codes: ItemCodes) -> ModelConfig:
     )
 
 
+def initial_model(path: Path, config: ModelConfig, method: MethodHooks) -> GenerativeRecommender:
+    """Saved weights to start from (fine-tuning a pre-trained model): the architecture must be
+    this run's, with room for its dedup codes (pre-training on several tables may need more)."""
+    saved, _ = load_model(path, method.build_model)
+    fits = saved.config.dedup_size >= config.dedup_size
+    if not fits or dataclasses.replace(config, dedup_size=saved.config.dedup_size) != saved.config:
+        raise DataError(
+            str(path),
+            f"holds a model of {saved.config}, but this run builds {config} "
+            "(trainer.init_from must match trainer.model and the tokenizer's IDs)",
+        )
+    return saved
+
+
 def train_fingerprint(cfg: DictConfig, data_dir: Path, tables: list[Path]) -> str:
     """Everything the trained weights depend on, the worker count included (it sets the order
     in which the shards reach the model)."""
+    init = cfg.trainer.init_from
     return fingerprint(
         load_manifest(data_dir)["fingerprint"],
         table_digests(tables),
+        file_digest(init) if init else None,
         cfg.method,
         to_plain(cfg.trainer),
         cfg.cluster.num_workers,
@@ -162,11 +181,10 @@ class Loop:
     best weights and the named states a checkpoint saves."""
 
     def __init__(
-        self, cfg: DictConfig, data_dir: Path, tokenizer_dir: Path, key: str, method: MethodHooks
+        self, cfg: DictConfig, data_dir: Path, tables: list[Path], key: str, method: MethodHooks
     ):
         self.cfg, self.trainer = cfg, cfg.trainer
         manifest = load_manifest(data_dir)
-        tables = method.code_tables(tokenizer_dir)
         self.provenance = {
             "fingerprint": key,
             "method": method.name,
@@ -179,7 +197,13 @@ class Loop:
         self.codes = codes.to(self.device)
         torch.manual_seed(cfg.seed)
         config = model_config(cfg, self.codes)
+        start = None
+        if self.trainer.init_from:
+            start = initial_model(Path(self.trainer.init_from), config, method)
+            config = start.config
         self.model = method.build_model(config)
+        if start is not None:
+            self.model.load_state_dict(start.state_dict())
         self.eval_model = method.build_model(config).to(self.device)
         self.objective, self.ranker = method.objective(cfg), method.ranker(cfg, self.codes)
         self.examples_per_epoch = manifest["num_train_examples"]
@@ -194,6 +218,9 @@ class Loop:
         best = BestModel(method.build_model(config), self.progress, self.provenance)
         self.best_model = best.model
         self.states: dict[str, Stateful] = {"progress": self.progress, "model": best}
+        self.curriculum = Curriculum(self, data_dir) if self.codes.num_groups > 1 else None
+        if self.curriculum is not None:
+            self.states["curriculum"] = self.curriculum
 
     def micro_step(self, rows: dict[str, Any], weight: float = 1.0) -> dict[str, Tensor]:
         """One forward and backward (and optimizer step at the end of an accumulation). The
@@ -335,6 +362,8 @@ class Loop:
                 continue
             p.step = self.engine.global_steps
             bar.update(1)
+            if self.curriculum is not None and self.curriculum.due(p.samples):
+                self.curriculum.update(self, writer)
             if p.step % self.trainer.log_every == 0:
                 loss = self.log_terms(writer, meter)["loss"]
             metrics = {"step": p.step, "train_loss": loss, "epoch": self.epoch()}

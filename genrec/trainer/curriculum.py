@@ -1,0 +1,172 @@
+"""MTGRec's curriculum over code groups: after each stage, each group's influence on the
+validation loss re-weights how often training examples are read in it.
+
+A stage ends after its epochs (`trainer.curriculum.stage_epochs`: a warm-up, then equal
+stages in the paper); the weights then hold until the next one ends, and after the last until
+the run ends. An estimate reads a fixed subsample of training examples in every group and of
+validation examples mixed over the groups, each rank its share, so its cost is
+G x train_examples + valid_examples forward-backward passes however long the epoch. The
+curriculum is a named state of every checkpoint: weights, stage, scores and learning rates.
+Which group an example is read in is a pure function of the seed, the example and the weights
+(genrec/data_pipeline/ray_ingest.py), so a resumed run draws exactly as the lost one would.
+"""
+
+import itertools
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from genrec.data_pipeline.prepare import load_manifest
+from genrec.data_pipeline.prepared import EvalSet, load_eval_set
+from genrec.data_pipeline.streaming import TrainExamples, collate, prefix_examples
+from genrec.trainer.evaluate import eval_batches
+from genrec.trainer.influence import Projection, adam_direction, group_weights, mean_gradient
+from genrec.trainer.objective import Batch
+
+if TYPE_CHECKING:
+    from genrec.trainer.train import Loop
+
+log = logging.getLogger(__name__)
+
+
+def influence_sample(data_dir: Path, max_history: int, count: int, seed: int) -> list[dict]:
+    """`count` training examples drawn once, uniformly and seeded, in one pass over the shards."""
+    total = load_manifest(data_dir)["num_train_examples"]
+    chosen = np.sort(np.random.default_rng([seed, 7]).choice(total, min(count, total), False))
+    stream = TrainExamples(data_dir, max_history, seed=seed, shuffle_buffer=0)
+    examples = (
+        ex for user, seq in stream.sequences() for ex in prefix_examples(user, seq, max_history)
+    )
+    picked, wanted = [], iter(chosen.tolist())
+    target = next(wanted, None)
+    for index, example in enumerate(examples):
+        if index == target:
+            picked.append(example)
+            target = next(wanted, None)
+            if target is None:
+                break
+    return picked
+
+
+def moments(engine) -> tuple[torch.Tensor, torch.Tensor]:
+    """The optimizer's Adam moments of every trained weight, flat, unpartitioned (ZeRO 1-3
+    assemble them with DeepSpeed's `safe_get_full_optimizer_state`, a collective)."""
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    optimizer = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    avg, avg_sq = [], []
+    for p in (p for p in engine.module.parameters() if p.requires_grad):
+        state = optimizer.state.get(p, {})
+        for key, out in (("exp_avg", avg), ("exp_avg_sq", avg_sq)):
+            value = safe_get_full_optimizer_state(p, key)
+            if value is None:
+                value = state.get(key, torch.zeros_like(p))
+            out.append(value.detach().float().reshape(-1).cpu())
+    return torch.cat(avg), torch.cat(avg_sq)
+
+
+@dataclass
+class CurriculumState:
+    weights: list[float]
+    stage: int = 0
+    scores: list[list[float]] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Curriculum:
+    """The group weights the stream draws with, and the influence estimate that updates them."""
+
+    def __init__(self, loop: "Loop", data_dir: Path):
+        cfg, groups = loop.cfg, loop.codes.num_groups
+        self.settings, self.seed = cfg.trainer.curriculum, cfg.seed
+        self.state = CurriculumState(weights=[1 / groups] * groups)
+        ends = itertools.accumulate(self.settings.stage_epochs)
+        self.boundaries = [round(end * loop.examples_per_epoch) for end in ends]
+        self.train = influence_sample(
+            data_dir, cfg.data.max_history, self.settings.train_examples, cfg.seed
+        )
+        valid = load_eval_set(data_dir, "valid").subsample(self.settings.valid_examples, cfg.seed)
+        self.valid: EvalSet = valid.take(np.arange(loop.rank, valid.users.size, loop.world_size))
+        self.projection = Projection(self.settings.projection_dim, cfg.seed)
+
+    def weights(self) -> np.ndarray:
+        return np.asarray(self.state.weights)
+
+    def due(self, samples: int) -> bool:
+        """Whether the current stage has ended (`samples`: examples trained, all ranks)."""
+        stage = self.state.stage
+        return stage < len(self.boundaries) and samples >= self.boundaries[stage]
+
+    def train_batches(self, loop: "Loop", group: int) -> list[Batch]:
+        mine = self.train[loop.rank :: loop.world_size]
+        size = loop.cfg.evaluate.batch_size
+        batches = []
+        for start in range(0, len(mine), size):
+            rows = collate(mine[start : start + size])
+            rows["group"] = torch.full_like(rows["target"], group)
+            batches.append(Batch.coded(rows, loop.codes, loop.device))
+        return batches
+
+    def scores(self, loop: "Loop") -> list[float]:
+        """Each group's influence now: Adam direction of its training gradient . validation
+        gradient (a collective)."""
+        model, objective, device = loop.eval_model, loop.objective, loop.device
+        groups = loop.codes.num_groups
+        valid = eval_batches(self.valid, loop.codes, loop.cfg.evaluate.batch_size, groups=groups)
+        target = self.projection(mean_gradient(model, objective, (b for _, b in valid), device))
+        avg, avg_sq = moments(loop.engine)
+        betas = loop.engine.optimizer.param_groups[0]["betas"]
+        eps = loop.engine.optimizer.param_groups[0]["eps"]
+        out = []
+        for g in range(groups):
+            grad = mean_gradient(model, objective, self.train_batches(loop, g), device)
+            direction = adam_direction(grad, avg, avg_sq, betas, eps)
+            out.append(float(self.projection(direction) @ target))
+        return out
+
+    def update(self, loop: "Loop", writer: SummaryWriter | None) -> None:
+        """Ends a stage: scores the groups and re-weights them (every rank, together)."""
+        from genrec.trainer.engine import full_state_dict
+
+        started = time.perf_counter()
+        loop.eval_model.load_state_dict(full_state_dict(loop.engine))
+        loop.eval_model.eval()  # no dropout: the estimate is the same on any worker count
+        scores = self.scores(loop)
+        s = self.state
+        s.scores.append(scores)
+        s.lrs.append(float(loop.engine.get_lr()[0]))
+        tau, normalize = self.settings.tau, self.settings.normalize
+        s.weights = group_weights(s.scores, s.lrs, tau, normalize).tolist()
+        s.stage += 1
+        seconds = time.perf_counter() - started
+        record = {
+            "stage": s.stage,
+            "step": loop.progress.step,
+            "epoch": loop.epoch(),
+            "lr": s.lrs[-1],
+            "scores": scores,
+            "weights": s.weights,
+            "seconds": round(seconds, 3),
+        }
+        s.stages.append(record)
+        if writer is not None:
+            for g, (score, weight) in enumerate(zip(scores, s.weights, strict=True)):
+                writer.add_scalar(f"curriculum/weight_{g}", weight, loop.progress.step)
+                writer.add_scalar(f"curriculum/score_{g}", score, loop.progress.step)
+            writer.add_scalar("curriculum/seconds", seconds, loop.progress.step)
+        if loop.rank == 0:
+            shown = " ".join(f"{w:.3f}" for w in s.weights)
+            log.info("curriculum stage %d (epoch %.2f): weights %s", s.stage, loop.epoch(), shown)
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self.state)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = CurriculumState(**state)
