@@ -29,7 +29,7 @@ setup(
     ],
     extras_require={
         "text": TEXT,
-        "dev": [*TEXT, "pytest>=8", "ruff>=0.6", "transformers>=4.40"],
+        "dev": [*TEXT, "pytest>=8", "ruff>=0.6", "scipy>=1.11", "transformers>=4.40"],
     },
     entry_points={"console_scripts": ["genrec=genrec.cli:main"]},
 )

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import ray
 from omegaconf import DictConfig
+from ray.data import DataContext
 
 from genrec.artifacts import TABLES_INDEX
 from genrec.cluster.runtime import ray_session
@@ -67,6 +68,7 @@ def pool_codes(
     cluster, block = cfg.cluster, cfg.cluster.retokenize_block
     sinkhorn = cfg.tokenizer.collisions is CollisionMode.sinkhorn
     starts = range(start, stop, block)
+    DataContext.get_current().print_on_execution_start = False  # it prints the whole context
     work = ray.data.from_items(
         [{"start": s, "stop": min(s + block, stop)} for s in starts],
         override_num_blocks=len(starts),

@@ -1,0 +1,269 @@
+"""MTGRec: kept-epoch tokenizers, the re-tokenizing actor pool, group draws, the influence
+curriculum and fine-tuning, with real Ray and DeepSpeed where they are involved."""
+
+import itertools
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from scipy import stats
+
+from genrec import stages
+from genrec.cluster.retokenize import retokenize
+from genrec.cluster.train_job import train
+from genrec.config import load_config
+from genrec.data_pipeline.ray_ingest import PositionTracker, draw_groups, stream_batches
+from genrec.errors import DataError
+from genrec.methods import method_spec
+from genrec.tokenizers.collisions import extend_dedup, extend_nearest_free
+from genrec.tokenizers.config import epoch_lr, is_kept, kept_window
+from genrec.tokenizers.tables import (
+    items_checkpoints,
+    kept_checkpoints,
+    resolve_tables,
+    serial_codes,
+)
+from genrec.trainer.checkpoint import save_model
+from genrec.trainer.influence import Projection, adam_direction, group_weights
+from genrec.trainer.item_codes import ItemCodes
+from genrec.trainer.model import GenerativeRecommender, ModelConfig
+from genrec.trainer.objective import Batch
+from genrec.trainer.train import initial_model
+
+TINY = [
+    "method=mtgrec",
+    "data.synthetic.num_users=300",
+    "data.synthetic.num_items=90",
+    "data.users_per_shard=25",
+    "sasrec.epochs=2",
+    "tokenizer.epochs=8",
+    "tokenizer.keep_epochs=3",
+    "tokenizer.tables=3",
+    "tokenizer.codebook_size=16",
+    "tokenizer.hidden_dims=[64]",
+    "tokenizer.latent_dim=16",
+    "trainer.epochs=2",
+    "trainer.curriculum.stage_epochs=[1]",
+    "trainer.batch_size=64",
+    "trainer.micro_batch_size=32",
+    "trainer.eval_every=16",
+    "trainer.warmup_steps=5",
+    "finetune.epochs=1",
+]
+
+
+def tokenizer_cfg(**values):
+    return load_config([], [f"tokenizer.{k}={v}" for k, v in values.items()]).tokenizer
+
+
+def test_kept_epochs_are_the_last_ones_apart_and_the_lr_settles_before_them():
+    cfg = tokenizer_cfg(epochs=20, keep_epochs=3, keep_every=2, settle_lr=0.1, lr=0.01)
+    assert kept_window(cfg) == 5
+    assert [e for e in range(20) if is_kept(cfg, e)] == [15, 17, 19]
+    lrs = [epoch_lr(cfg, e) for e in range(20)]
+    assert lrs[0] == pytest.approx(0.01) and all(a >= b for a, b in itertools.pairwise(lrs))
+    assert lrs[15:] == pytest.approx([0.001] * 5)
+
+
+def test_new_items_keep_the_existing_ids_unique():
+    existing = np.array([[1, 2, 0], [1, 2, 1], [3, 4, 0]])
+    new = extend_dedup(existing, np.array([[1, 2], [5, 6], [1, 2]]))
+    assert new.tolist() == [[1, 2, 2], [5, 6, 0], [1, 2, 3]]
+    sink = np.array([[1, 2, 0], [1, 3, 0]])
+    far_from_2 = np.array([[0.0, 5.0, 1.0, 0.5], [9.0, 9.0, 0.0, 9.0]])
+    new = extend_nearest_free(sink, np.array([[1, 2], [1, 2]]), far_from_2)
+    # Item 0: 2 and 3 are taken, 0 is nearest free. Item 1: 2 taken, 0 just taken, then 1.
+    assert new.tolist() == [[1, 0, 0], [1, 1, 0]]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Data and a tokenizer run with 3 kept checkpoints, shared by the tests below."""
+    folder = tmp_path_factory.mktemp("mtgrec")
+    cfg = load_config([], [f"run_dir={folder}", *TINY])
+    return cfg, stages.tokenize(cfg)
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_pool_equals_serial_and_grows_with_the_catalogue(run, tmp_path):
+    """2 actors give exactly the serial tables for M = 3; new items get IDs from every
+    checkpoint while the old IDs stay; a catalogue changed in its old rows is refused."""
+    cfg, tokenizer = run
+    cfg.cluster.retokenize_actors, cfg.cluster.retokenize_block = 2, 32
+    vectors_path = stages.tokenizer_inputs(cfg)["items"]
+    vectors = np.load(vectors_path)
+    checkpoints = kept_checkpoints(items_checkpoints(tokenizer), 3)
+    assert [p.name for p in checkpoints] == ["epoch-00007.pt", "epoch-00006.pt", "epoch-00005.pt"]
+    codes, _ = serial_codes(checkpoints, vectors, cfg.tokenizer, 32)
+    serial = resolve_tables(codes, None, cfg.tokenizer, None)
+    out = retokenize(cfg, tokenizer, vectors_path, tmp_path / "tables")
+    index = json.loads((out / "tables.json").read_text())
+    pooled = [
+        np.array(pq.read_table(out / t["path"])["codes"].to_pylist()) for t in index["tables"]
+    ]
+    assert [t["epoch"] for t in index["tables"]] == [7, 6, 5] and index["rows"] == len(vectors)
+    for a, b in zip(pooled, serial, strict=True):
+        assert np.array_equal(a, b) and len({tuple(r) for r in a.tolist()}) == len(a)
+    grown_vectors = np.concatenate([vectors, vectors[:5] + 0.01]).astype(np.float32)
+    np.save(tmp_path / "grown.npy", grown_vectors)
+    out = retokenize(cfg, tokenizer, tmp_path / "grown.npy", tmp_path / "tables")
+    index = json.loads((out / "tables.json").read_text())
+    assert index["rows"] == len(vectors) + 5 and index["added"] == 5
+    new_codes, _ = serial_codes(checkpoints, grown_vectors[-5:], cfg.tokenizer, 32)
+    for m, entry in enumerate(index["tables"]):
+        table = np.array(pq.read_table(out / entry["path"])["codes"].to_pylist())
+        assert np.array_equal(table[: len(vectors)], pooled[m])
+        assert np.array_equal(table[len(vectors) :, :-1], new_codes[:, m])
+        assert len({tuple(r) for r in table.tolist()}) == len(table)
+    np.save(tmp_path / "changed.npy", grown_vectors[::-1].copy())
+    with pytest.raises(DataError, match="first 95 rows of the catalogue given now are not"):
+        retokenize(cfg, tokenizer, tmp_path / "changed.npy", tmp_path / "tables")
+
+
+def test_missing_and_foreign_checkpoints_are_refused(run, tmp_path):
+    cfg, tokenizer = run
+    with pytest.raises(DataError, match="holds 3 kept tokenizer checkpoints, 4 are needed"):
+        kept_checkpoints(items_checkpoints(tokenizer), 4)
+    other = load_config([], [f"run_dir={tmp_path}", *TINY, "tokenizer.latent_dim=8"])
+    foreign = stages.tokenize(other)
+    mixed = tmp_path / "mixed" / "items" / "checkpoints"
+    shutil.copytree(items_checkpoints(tokenizer), mixed)
+    shutil.copy(items_checkpoints(foreign) / "epoch-00007.pt", mixed / "epoch-00007.pt")
+    vectors = np.load(stages.tokenizer_inputs(cfg)["items"])
+    checkpoints = kept_checkpoints(mixed, 3)
+    with pytest.raises(DataError, match=r"epoch-00007.pt: is a foreign checkpoint.*latent_dim"):
+        serial_codes(checkpoints, vectors, cfg.tokenizer, 32)
+
+
+def _stream(weights, seed=0, users=400):
+    rng = np.random.default_rng(1)
+    sequences = [
+        {
+            "unit": np.zeros(users, dtype=np.int64),
+            "row": np.arange(users),
+            "user": np.arange(users),
+            "items": [rng.integers(0, 50, size=rng.integers(2, 12)) for _ in range(users)],
+        }
+    ]
+    return stream_batches(
+        sequences, PositionTracker(), 50, 64, 128, np.random.default_rng(2), lambda: weights, seed
+    )
+
+
+def test_drawn_groups_follow_the_weights_and_are_a_function_of_the_example():
+    """A chi-square test of the drawn frequencies against the weights, and the same draws for
+    the same examples in any order (a resumed run draws as the lost one would have)."""
+    weights = np.array([0.5, 0.3, 0.15, 0.05])
+    batches = list(_stream(weights))
+    groups = np.concatenate([b["group"].numpy() for b in batches])
+    counts = np.bincount(groups, minlength=4)
+    assert stats.chisquare(counts, weights * counts.sum()).pvalue > 0.01
+    assert stats.chisquare(counts, np.full(4, counts.sum() / 4)).pvalue < 1e-6
+    first = {
+        (tuple(b["source"][i]), int(b["target"][i]), len(b["history"][i])): int(b["group"][i])
+        for b in batches
+        for i in range(len(b["group"]))
+    }
+    again = list(_stream(weights))
+    for b in again:
+        for i in range(len(b["group"])):
+            key = (tuple(b["source"][i]), int(b["target"][i]), len(b["history"][i]))
+            assert first[key] == int(b["group"][i])
+    assert draw_groups(np.array([0.0, 0.49, 0.5, 0.99]), np.array([0.5, 0.5])).tolist() == [
+        0,
+        0,
+        1,
+        1,
+    ]
+
+
+def test_history_and_target_are_read_in_the_examples_group():
+    tables = np.stack([np.arange(200).reshape(50, 4) + 1000 * g for g in range(3)])
+    codes = ItemCodes(tables, codebook_size=5000)
+    batch = next(_stream(np.array([0.4, 0.3, 0.3]), users=50))
+    coded = Batch.coded(batch, codes, "cpu")
+    for i, g in enumerate(batch["group"].tolist()):
+        items = batch["history"][i]
+        valid = items >= 0
+        assert torch.equal(coded.history_codes[i][valid], codes.table[g][items[valid]])
+        assert torch.equal(coded.target_codes[i], codes.table[g][batch["target"][i]])
+
+
+def test_influence_parts():
+    grad, m, v = torch.randn(50), torch.randn(50), torch.rand(50)
+    p = torch.nn.Parameter(torch.zeros(50))
+    adam = torch.optim.Adam([p], lr=1.0, betas=(0.9, 0.98), eps=1e-8)
+    adam.state[p] = {"step": torch.tensor(1000.0), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
+    p.grad = grad.clone()
+    adam.step()
+    direction = adam_direction(grad, m, v, (0.9, 0.98), 1e-8)
+    correction = (1 - 0.98**1001) ** 0.5 / (1 - 0.9**1001)
+    assert torch.allclose(-p.detach(), direction * correction, rtol=1e-4, atol=1e-6)
+    a, b = torch.randn(300_000), torch.randn(300_000)
+    b = a + 0.5 * b
+    project = Projection(2048, seed=3)
+    exact, approx = float(a @ b), float(project(a) @ project(b))
+    assert approx == pytest.approx(exact, rel=0.1)
+    assert torch.equal(project(a), Projection(2048, seed=3)(a))
+    flat = group_weights([[1.0, 2.0, 3.0]], [1.0], tau=1.0)
+    assert flat.argmax() == 2 and flat.min() > 0.1  # normalised: at most e-fold apart
+    late = group_weights([[3.0, 0.0], [0.0, 3.0]], [1.0, 3.0], tau=1.0, normalize=False)
+    assert late[1] > late[0]  # the stage with the larger learning rate counts more
+    with pytest.raises(ValueError, match="tau must be positive"):
+        group_weights([[1.0]], [1.0], tau=0.0)
+
+
+def test_fine_tuning_starts_from_saved_weights_with_room_for_its_codes(tmp_path):
+    config = ModelConfig.preset("tiny", num_levels=3, codebook_size=16, dedup_size=6)
+    model = GenerativeRecommender(config)
+    save_model(model, tmp_path / "model.pt")
+    fewer_dedup = ModelConfig.preset("tiny", num_levels=3, codebook_size=16, dedup_size=4)
+    tiger = method_spec("tiger")
+    start = initial_model(tmp_path / "model.pt", fewer_dedup, tiger)
+    for (name, a), b in zip(model.state_dict().items(), start.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    wider = ModelConfig.preset("tiny", num_levels=3, codebook_size=32, dedup_size=4)
+    with pytest.raises(DataError, match=r"trainer\.init_from must match"):
+        initial_model(tmp_path / "model.pt", wider, tiger)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_curriculum_demotes_a_permuted_tokenizer_then_fine_tunes(run, tmp_path):
+    """Pre-training on 2 groups where group 1's IDs are permuted across items: after the first
+    stage group 1 has the lower weight. Then the fine-tuning run starts from the pre-trained
+    weights (its first validation is near the pre-trained model's best)."""
+    cfg, tokenizer = run
+    good = tokenizer / "items" / "semantic_ids.parquet"
+    table = pq.read_table(good)
+    codes = table["codes"].to_pylist()
+    order = np.random.default_rng(0).permutation(len(codes))
+    permuted = table.set_column(1, "codes", [[codes[i] for i in order]])
+    pq.write_table(permuted, tmp_path / "permuted.parquet")
+    data_dir = stages.data(cfg)
+    out = train(cfg, data_dir, [good, tmp_path / "permuted.parquet"], tmp_path / "pretrain")
+    summary = json.loads((out / "train.json").read_text())
+    stage = summary["curriculum"]["stages"][0]
+    assert stage["scores"][0] > stage["scores"][1] and stage["weights"][0] > stage["weights"][1]
+    assert summary["curriculum"]["weights"] == stage["weights"]
+    tuned = load_config(
+        [],
+        [
+            f"run_dir={tmp_path}",
+            *TINY,
+            "trainer.epochs=1",
+            "trainer.curriculum.stage_epochs=[]",
+            "trainer.lr=1e-5",
+            f"trainer.init_from={out / 'model.pt'}",
+        ],
+    )
+    fine = json.loads((train(tuned, data_dir, [good], tmp_path / "ft") / "train.json").read_text())
+    first = fine["validations"][0]["ndcg@10"]
+    print(f"pre-trained best {summary['valid']['ndcg@10']:.4f}, fine-tuning starts at {first:.4f}")
+    assert first == pytest.approx(summary["valid"]["ndcg@10"], abs=0.03)
+    # At lr 1e-5 a fresh model stays near chance; pre-training's first check, at lr 5e-3, is
+    # already above what a fresh model reaches here.
+    assert first > summary["validations"][0]["ndcg@10"]
