@@ -60,6 +60,12 @@ def moments(engine) -> tuple[torch.Tensor, torch.Tensor]:
     from deepspeed.utils import safe_get_full_optimizer_state
 
     optimizer = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    relink = getattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state", None)
+    if relink is not None:
+        # ZeRO 1-2 link the weights to their optimizer state once, right after the first
+        # param group's first step, when the other groups have no state yet: link again.
+        engine.optimizer._hp_optimizer_states_linked = False
+        relink()
     avg, avg_sq = [], []
     for p in (p for p in engine.module.parameters() if p.requires_grad):
         state = optimizer.state.get(p, {})
@@ -93,7 +99,9 @@ class Curriculum:
             data_dir, cfg.data.max_history, self.settings.train_examples, cfg.seed
         )
         valid = load_eval_set(data_dir, "valid").subsample(self.settings.valid_examples, cfg.seed)
-        self.valid: EvalSet = valid.take(np.arange(loop.rank, valid.users.size, loop.world_size))
+        mine = np.arange(loop.rank, valid.users.size, loop.world_size)
+        self.valid: EvalSet = valid.take(mine)
+        self.valid_groups = mine % groups  # mixed over the groups, whatever the world size
         self.projection = Projection(self.settings.projection_dim, cfg.seed)
 
     def weights(self) -> np.ndarray:
@@ -118,14 +126,14 @@ class Curriculum:
         """Each group's influence now: Adam direction of its training gradient . validation
         gradient (a collective)."""
         model, objective, device = loop.eval_model, loop.objective, loop.device
-        groups = loop.codes.num_groups
-        valid = eval_batches(self.valid, loop.codes, loop.cfg.evaluate.batch_size, groups=groups)
+        size = loop.cfg.evaluate.batch_size
+        valid = eval_batches(self.valid, loop.codes, size, groups=self.valid_groups)
         target = self.projection(mean_gradient(model, objective, (b for _, b in valid), device))
         avg, avg_sq = moments(loop.engine)
         betas = loop.engine.optimizer.param_groups[0]["betas"]
         eps = loop.engine.optimizer.param_groups[0]["eps"]
         out = []
-        for g in range(groups):
+        for g in range(loop.codes.num_groups):
             grad = mean_gradient(model, objective, self.train_batches(loop, g), device)
             direction = adam_direction(grad, avg, avg_sq, betas, eps)
             out.append(float(self.projection(direction) @ target))

@@ -51,10 +51,14 @@ def left_padded(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> to
 
 
 def eval_batches(
-    split: EvalSet, codes: ItemCodes, batch_size: int, desc: str | None = None, groups: int = 1
+    split: EvalSet,
+    codes: ItemCodes,
+    batch_size: int,
+    desc: str | None = None,
+    groups: np.ndarray | None = None,
 ) -> Iterator[tuple[np.ndarray, Batch]]:
-    """(rows, batch) over a split, row r read in code group r mod `groups` (default: all in
-    group 0); a progress bar when `desc` is given."""
+    """(rows, batch) over a split, row r read in code group `groups[r]` (default: group 0);
+    a progress bar when `desc` is given."""
     starts = range(0, split.targets.size, batch_size)
     for start in tqdm(starts, desc=desc, disable=desc is None):
         rows = np.arange(start, min(start + batch_size, split.targets.size))
@@ -62,7 +66,7 @@ def eval_batches(
             "user": torch.as_tensor(split.users[rows]),
             "history": left_padded(split.offsets, split.history, rows),
             "target": torch.as_tensor(split.targets[rows]),
-            "group": torch.as_tensor(rows % groups),
+            "group": torch.as_tensor(0 if groups is None else groups[rows]).expand(rows.size),
         }
         yield rows, Batch.coded(columns, codes, codes.table.device)
 
