@@ -1,7 +1,8 @@
 """`run_dir/report.png`: one picture of a run, drawn from the files its stages wrote.
 
 Training loss and validation metrics against steps (train/train.json), code usage per level
-(tokenizer/report.json), and the test results beside the baselines (metrics.json). A panel
+(tokenizer/report.json), and the test results beside the baselines (metrics.json); for a run
+with MTGRec's curriculum, the group weights and influence scores against stages. A panel
 whose stage has not run yet says so.
 """
 
@@ -91,14 +92,31 @@ def _results(ax: Axes, metrics: dict[str, Any] | None) -> None:
     ax.legend()
 
 
+def _curriculum(weights_ax: Axes, scores_ax: Axes, curriculum: dict[str, Any]) -> None:
+    """Each group's weight from the uniform start through every stage, and its scores."""
+    stages = curriculum["stages"]
+    groups = len(curriculum["weights"])
+    xs = range(len(stages) + 1)
+    for g in range(groups):
+        weights = [1 / groups] + [stage["weights"][g] for stage in stages]
+        weights_ax.plot(xs, weights, "o-", label=f"table {g}")
+        scores_ax.plot(xs[1:], [stage["scores"][g] for stage in stages], "o-", label=f"table {g}")
+    weights_ax.set(title="curriculum: group weights", xlabel="stage", ylim=(0, None), xticks=xs)
+    scores_ax.set(title="curriculum: influence scores", xlabel="stage", xticks=xs[1:])
+    weights_ax.legend(fontsize=7, ncol=2)
+
+
 def write_run_report(run_dir: str | Path) -> Path:
     """Draws the report from whatever the run has written so far; returns its path."""
     run_dir = Path(run_dir)
     summary = _read(artifacts.stage_dir(run_dir, artifacts.TRAIN) / artifacts.TRAIN_SUMMARY)
     tokenizer = artifacts.stage_dir(run_dir, artifacts.TOKENIZER) / artifacts.TOKENIZER_REPORT
     metrics = _read(run_dir / artifacts.METRICS)
-    fig = Figure(figsize=(12, 8))
-    axes = fig.subplots(2, 2)
+    curriculum = (summary or {}).get("curriculum")
+    fig = Figure(figsize=(18 if curriculum else 12, 8))
+    axes = fig.subplots(2, 3 if curriculum else 2)
+    if curriculum:
+        _curriculum(axes[0, 2], axes[1, 2], curriculum)
     _training(axes[0, 0], summary)
     _validation(axes[0, 1], summary)
     _codes(axes[1, 0], _read(tokenizer))
