@@ -4,8 +4,8 @@ in every group, every validation example: what the official code does), and the 
 subsampled estimate against the full one.
 
 Command:
-    python benchmarks/curriculum_cost.py [--tables 3] [--steps 150]
-        [--run-dir runs/bench-curriculum] [key=value ...]
+    python benchmarks/curriculum_cost.py [--tables 3] [--steps 100]
+        [--sizes 128:256 192:768 512:1024] [--run-dir runs/bench-curriculum] [key=value ...]
 
 On the built-in synthetic data (or the dataset the overrides name): one process, one DeepSpeed
 rank. The model first trains --steps optimizer steps with groups drawn uniformly (so the
@@ -45,8 +45,14 @@ def estimate(loop: Loop, data_dir, train_examples: int, valid_examples: int):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tables", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--run-dir", default="runs/bench-curriculum")
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        default=["128:256", "192:768", "512:1024"],
+        help="train:valid examples",
+    )
     args, overrides = parser.parse_known_args()
     cfg = load_config(
         [],
@@ -71,25 +77,24 @@ def main() -> None:
     rate = trained / (time.perf_counter() - started)
     manifest = load_manifest(data_dir)
     epoch = manifest["num_train_examples"] / rate
-    sub_settings = cfg.trainer.curriculum
-    sub, sub_s = estimate(loop, data_dir, sub_settings.train_examples, sub_settings.valid_examples)
     full, full_s = estimate(
         loop, data_dir, manifest["num_train_examples"], manifest["num_valid_examples"]
     )
-    w_sub, w_full = group_weights([sub], [1.0], 1.0), group_weights([full], [1.0], 1.0)
+    w_full = group_weights([full], [1.0], 1.0)
     print(f"training: {rate:,.0f} examples/s, one epoch {epoch:.1f} s")
-    print(
-        f"subsampled estimate ({sub_settings.train_examples} train x {args.tables} groups + "
-        f"{sub_settings.valid_examples} valid): {sub_s:.2f} s = "
-        f"{100 * sub_s / epoch:.1f}% of an epoch"
-    )
     print(f"full-pass estimate: {full_s:.1f} s = {100 * full_s / epoch:.0f}% of an epoch")
-    print(f"scores subsampled {np.round(sub, 3).tolist()}  full {np.round(full, 3).tolist()}")
-    print(
-        f"weights subsampled {np.round(w_sub, 3).tolist()}  full {np.round(w_full, 3).tolist()}; "
-        f"largest weight difference {np.abs(w_sub - w_full).max():.3f}; "
-        f"rank correlation {stats.spearmanr(sub, full).statistic:.2f}"
-    )
+    print(f"  scores {np.round(full, 3).tolist()}  weights {np.round(w_full, 3).tolist()}")
+    for size in args.sizes:
+        train_n, valid_n = map(int, size.split(":"))
+        sub, sub_s = estimate(loop, data_dir, train_n, valid_n)
+        w_sub = group_weights([sub], [1.0], 1.0)
+        print(
+            f"subsampled {train_n} train x {args.tables} groups + {valid_n} valid: {sub_s:.2f} s "
+            f"= {100 * sub_s / epoch:.1f}% of an epoch; scores {np.round(sub, 3).tolist()} "
+            f"weights {np.round(w_sub, 3).tolist()}; largest weight error "
+            f"{np.abs(w_sub - w_full).max():.3f}, rank correlation "
+            f"{stats.spearmanr(sub, full).statistic:.2f}"
+        )
 
 
 if __name__ == "__main__":
