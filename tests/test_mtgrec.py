@@ -34,6 +34,7 @@ from genrec.trainer.model import GenerativeRecommender, ModelConfig
 from genrec.trainer.objective import Batch
 from genrec.trainer.train import initial_model
 
+REPO = Path(__file__).resolve().parents[1]
 TINY = [
     "method=mtgrec",
     "data.synthetic.num_users=300",
@@ -137,6 +138,15 @@ def test_missing_and_foreign_checkpoints_are_refused(run, tmp_path):
     checkpoints = kept_checkpoints(mixed, 3)
     with pytest.raises(DataError, match=r"epoch-00007.pt: is a foreign checkpoint.*latent_dim"):
         serial_codes(checkpoints, vectors, cfg.tokenizer, 32)
+
+
+def test_tables_that_miss_items_fail_before_ray_starts(run, tmp_path):
+    cfg, tokenizer = run
+    table = pq.read_table(tokenizer / "items" / "semantic_ids.parquet")
+    pq.write_table(table.slice(0, 50), tmp_path / "short.parquet")
+    good = tokenizer / "items" / "semantic_ids.parquet"
+    with pytest.raises(DataError, match=r"short.parquet: rows must be items 0\.\.89"):
+        train(cfg, stages.data(cfg), [good, tmp_path / "short.parquet"], tmp_path / "train")
 
 
 def _stream(weights, seed=0, users=400):
@@ -370,3 +380,34 @@ def test_a_run_killed_after_a_stage_resumes_with_its_weights_and_stage(run, tmp_
     assert stage["step"] < second["step"] <= 40
     assert summary["curriculum"]["stage"] == 1
     assert summary["curriculum"]["weights"] == stage["weights"]
+
+
+def test_the_tigerpp_preset_whitens_and_uses_ema_codebooks():
+    from genrec.tokenizers.checkpoints import build_tokenizer
+    from genrec.tokenizers.training import Whitening
+
+    cfg = load_config([REPO / "configs" / "methods" / "mtgrec_tigerpp.yaml"])
+    assert cfg.method == "mtgrec" and cfg.tokenizer.tables == 10
+    tok = build_tokenizer(cfg.tokenizer, 32, seed=0)
+    assert isinstance(tok.encoder[0], Whitening) and tok.quantizer.levels[0].ema
+    x = torch.randn(500, 32) * torch.linspace(0.1, 10, 32)
+    tok.prepare(x)
+    white = tok.encoder[0](x)
+    assert torch.allclose(white.T @ white / 499, torch.eye(32), atol=1e-2)
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_mtgrec_on_letter_ids(run, tmp_path):
+    """`method=mtgrec tokenizer.name=letter`: the kept LETTER checkpoints give 3 tables of
+    unique IDs, collisions re-assigned by Sinkhorn like LETTER's final IDs."""
+    letter = load_config(
+        [],
+        [f"run_dir={tmp_path}", *TINY, "tokenizer.name=letter", "tokenizer.collisions=sinkhorn"],
+    )
+    for stage in ("data", "features"):
+        shutil.copytree(Path(run[0].run_dir) / stage, tmp_path / stage)
+    tables = stages.id_tables(letter)
+    assert len(tables) == 3
+    for path in tables:
+        codes = np.array(pq.read_table(path)["codes"].to_pylist())
+        assert len({tuple(r) for r in codes.tolist()}) == len(codes) and (codes[:, -1] == 0).all()

@@ -26,10 +26,11 @@ def worker_bundle(cluster: DictConfig) -> dict[str, float]:
 def ray_session(cluster: DictConfig) -> Iterator[None]:
     """Joins `cluster.address` (or RAY_ADDRESS), else starts a local instance for the run.
 
-    The local instance gets a CPU more than the workers need, so Ray Data's read tasks are
-    never starved by the training workers, and a dashboard, which serves Ray's state API. It
-    is always a new one (`address="local"`): a bare `ray.init()` would join whatever instance
-    /tmp/ray/ray_current_cluster names, even a dead one, while the user asked for none.
+    The local instance gets a CPU more than the workers need (or what the re-tokenizing pool
+    needs, if more), so Ray Data's read tasks are never starved by the training workers, and a
+    dashboard, which serves Ray's state API. It is always a new one (`address="local"`): a bare
+    `ray.init()` would join whatever instance /tmp/ray/ray_current_cluster names, even a dead
+    one, while the user asked for none.
     """
     if ray.is_initialized():
         yield

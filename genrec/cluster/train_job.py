@@ -45,6 +45,7 @@ from genrec.errors import ConfigError, GenrecError, TrainingFailed, user_error
 from genrec.methods import method_spec
 from genrec.provenance import atomic_file, made_with, to_plain, write_json
 from genrec.trainer.config import batch_plan
+from genrec.trainer.item_codes import ItemCodes
 from genrec.trainer.train import Loop, train_fingerprint
 
 log = logging.getLogger(__name__)
@@ -178,9 +179,12 @@ def run_name(cfg: DictConfig, key: str) -> str:
     return cfg.cluster.name or f"genrec-train-{key}"
 
 
-def check_data(cfg: DictConfig, data_dir: Path) -> None:
-    """What the config can only be checked against once the data exists, before Ray starts."""
-    users = load_manifest(data_dir)["num_valid_examples"]
+def check_data(cfg: DictConfig, data_dir: Path, tables: list[Path]) -> None:
+    """What the config can only be checked against once the data exists, before Ray starts:
+    the semantic-ID tables cover the dataset's items, and the workers' validation share."""
+    manifest = load_manifest(data_dir)
+    ItemCodes.load(tables, manifest["num_items"], cfg.tokenizer.codebook_size)
+    users = manifest["num_valid_examples"]
     if cfg.evaluate.valid_users:
         users = min(users, cfg.evaluate.valid_users)
     if users < cfg.cluster.num_workers:
@@ -228,7 +232,7 @@ def train(cfg: DictConfig, data_dir: Path, tables: list[Path], out_dir: Path) ->
     if made_with(out_dir / TRAIN_SUMMARY, key):
         log.info("train: reusing %s (fingerprint %s)", out_dir, key)
         return out_dir
-    check_data(cfg, data_dir)
+    check_data(cfg, data_dir, tables)
     cluster = cfg.cluster
     storage = Path(cluster.storage_path or out_dir / "ray").absolute()
     name = run_name(cfg, key)
