@@ -34,7 +34,7 @@ class GenrecConfig:
     lightgcn: LightGCNConfig = option(LightGCNConfig, "LightGCN: user and item embeddings")
     tokenizer: TokenizerConfig = option(TokenizerConfig, "the item tokenizer")
     trainer: TrainerConfig = option(TrainerConfig, "the generative recommender's training")
-    finetune: FinetuneConfig = option(FinetuneConfig, "fine-tuning on one table (MTGRec)")
+    finetune: FinetuneConfig = option(FinetuneConfig, "fine-tuning on one table (MTGRec, ETEGRec)")
     evaluate: EvalConfig = option(EvalConfig, "evaluation")
     cluster: ClusterConfig = option(ClusterConfig, "the Ray cluster training runs on")
 
@@ -57,6 +57,7 @@ class GenrecConfig:
                 f"({self.evaluate.valid_users}) must be 0 (all) or at least "
                 f"cluster.num_workers ({self.cluster.num_workers}): each worker validates a slice",
             )
+        METHODS[self.method].check(self)
 
 
 def _describe(err: OmegaConfBaseException) -> str:

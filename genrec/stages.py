@@ -127,6 +127,14 @@ def id_tables(cfg: DictConfig) -> list[Path]:
     return [folder / table["path"] for table in index["tables"]]
 
 
+def model_tables(cfg: DictConfig) -> list[Path]:
+    """The tables the trained model reads: those it trained on, or where training changes the
+    IDs (ETEGRec) the table it was selected with, written beside it."""
+    if method_spec(cfg.method).learns_ids:
+        return [train(cfg) / artifacts.SEMANTIC_IDS]
+    return id_tables(cfg)
+
+
 def train(cfg: DictConfig) -> Path:
     from genrec.cluster.train_job import train as run_training
 
@@ -137,7 +145,7 @@ def train(cfg: DictConfig) -> Path:
 
 
 def finetune(cfg: DictConfig) -> Path:
-    """The pre-trained model fine-tuned on one table, chosen by validation among
+    """The pre-trained model fine-tuned on one table with fixed IDs, chosen by validation among
     `finetune.candidates` (skipped, returning the pre-training, when finetune.epochs is 0)."""
     from genrec.cluster.train_job import train as run_training
     from genrec.trainer.evaluate import choose_table
@@ -145,20 +153,16 @@ def finetune(cfg: DictConfig) -> Path:
     pretrained = train(cfg) / artifacts.MODEL
     if not cfg.finetune.epochs:
         return pretrained.parent
-    tables = id_tables(cfg)
+    tables = model_tables(cfg)
     candidates = [tables[i] for i in cfg.finetune.candidates]
-    choice = choose_table(cfg, method_spec(cfg.method), pretrained, data(cfg), candidates)
-    tuned = OmegaConf.merge(
-        cfg,
-        {
-            "trainer": {
-                "epochs": cfg.finetune.epochs,
-                "lr": cfg.finetune.lr,
-                "init_from": str(pretrained.absolute()),
-                "curriculum": {"stage_epochs": []},
-            }
-        },
-    )
+    method = method_spec(cfg.method)
+    choice = choose_table(cfg, method, pretrained, data(cfg), candidates)
+    tuning = {
+        "epochs": cfg.finetune.epochs,
+        "lr": cfg.finetune.lr,
+        "init_from": str(pretrained.absolute()),
+    }
+    tuned = OmegaConf.merge(cfg, method.finetune_overrides, {"trainer": tuning})
     out = stage_dir(cfg.run_dir, artifacts.FINETUNE)
     run_training(tuned, data(cfg), [Path(choice["table"])], out)
     write_json(out / artifacts.TABLE_CHOICE, choice)
@@ -172,7 +176,7 @@ def trained_model(cfg: DictConfig) -> tuple[Path, list[Path]]:
         folder = finetune(cfg)
         choice = json.loads((folder / artifacts.TABLE_CHOICE).read_text())
         return folder / artifacts.MODEL, [Path(choice["table"])]
-    return train(cfg) / artifacts.MODEL, id_tables(cfg)
+    return train(cfg) / artifacts.MODEL, model_tables(cfg)
 
 
 def sasrec_baseline(cfg: DictConfig) -> dict[str, Any]:
@@ -187,7 +191,7 @@ def evaluate(cfg: DictConfig) -> Path:
     given = cfg.evaluate.checkpoint
     if given:
         checkpoint = Path(given)
-        tables = tables_of(checkpoint, id_tables(cfg))
+        tables = tables_of(checkpoint, model_tables(cfg))
     else:
         checkpoint, tables = trained_model(cfg)
     out = Path(cfg.run_dir) / artifacts.METRICS

@@ -28,7 +28,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from torch.utils.tensorboard import SummaryWriter
 
-from genrec.artifacts import MODEL, SELECT_METRIC, TRAIN_SUMMARY
+from genrec.artifacts import MODEL, SELECT_METRIC, SEMANTIC_IDS, TRAIN_SUMMARY
 from genrec.cluster.runtime import ray_session, require_resources
 from genrec.config import config_from_dict
 from genrec.data_pipeline.prepare import load_manifest
@@ -44,6 +44,7 @@ from genrec.data_pipeline.ray_ingest import (
 from genrec.errors import ConfigError, GenrecError, TrainingFailed, user_error
 from genrec.methods import method_spec
 from genrec.provenance import atomic_file, made_with, to_plain, write_json
+from genrec.tokenizers.tokenize import id_table_bytes
 from genrec.trainer.config import batch_plan
 from genrec.trainer.item_codes import ItemCodes
 from genrec.trainer.train import Loop, train_fingerprint
@@ -140,6 +141,7 @@ class Worker:
             "model": vars(loop.model.config),
             "code_groups": loop.codes.num_groups,
             "curriculum": None if loop.curriculum is None else loop.curriculum.state_dict(),
+            "recoded": None if loop.joint is None else loop.joint.changes,
             "position": self.position.state_dict(),
             "validations": p.history,
             "train_loss": p.losses,
@@ -181,9 +183,11 @@ def run_name(cfg: DictConfig, key: str) -> str:
 
 def check_data(cfg: DictConfig, data_dir: Path, tables: list[Path]) -> None:
     """What the config can only be checked against once the data exists, before Ray starts:
-    the semantic-ID tables cover the dataset's items, and the workers' validation share."""
+    the semantic-ID tables cover the dataset's items, a jointly trained tokenizer (ETEGRec)
+    loads with its item vectors, and the workers' validation share."""
     manifest = load_manifest(data_dir)
     ItemCodes.load(tables, manifest["num_items"], cfg.tokenizer.codebook_size)
+    method_spec(cfg.method).joint(cfg, tables, manifest["num_items"], torch.device("cpu"))
     users = manifest["num_valid_examples"]
     if cfg.evaluate.valid_users:
         users = min(users, cfg.evaluate.valid_users)
@@ -221,6 +225,15 @@ def training_failure(err: ray.train.TrainingFailedError, checkpoints: Path) -> G
         f"training failed: {type(first).__name__}: {reason} (the worker log above has the "
         "traceback)"
     )
+
+
+def write_learned_ids(model: Path, out: Path) -> None:
+    """The IDs a model that learned them (ETEGRec) was selected with, as the table file whose
+    digest the model records: `genrec evaluate` reads the model with these IDs only."""
+    payload = torch.load(model, map_location="cpu", weights_only=True)
+    if "item_ids" in payload:
+        with atomic_file(out) as tmp:
+            tmp.write_bytes(id_table_bytes(payload["item_ids"].numpy(), "item"))
 
 
 def train(cfg: DictConfig, data_dir: Path, tables: list[Path], out_dir: Path) -> Path:
@@ -276,6 +289,7 @@ def train(cfg: DictConfig, data_dir: Path, tables: list[Path], out_dir: Path) ->
     with result.checkpoint.as_directory() as folder, atomic_file(out_dir / MODEL) as tmp:
         summary = json.loads((Path(folder) / TRAIN_SUMMARY).read_text())
         shutil.copyfile(Path(folder) / MODEL, tmp)
+    write_learned_ids(out_dir / MODEL, out_dir / SEMANTIC_IDS)
     summary |= {"ray_run": str(storage / name), "attempts": attempts}
     write_json(out_dir / TRAIN_SUMMARY, summary)
     log.info(

@@ -1,12 +1,13 @@
 """The methods genrec implements, each a `MethodSpec` over the shared core."""
 
 from genrec.errors import ConfigError
+from genrec.methods.etegrec import ETEGREC
 from genrec.methods.letter import LETTER
 from genrec.methods.mtgrec import MTGREC
 from genrec.methods.spec import MethodSpec
 from genrec.methods.tiger import TIGER
 
-METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (TIGER, LETTER, MTGREC)}
+METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (TIGER, LETTER, MTGREC, ETEGREC)}
 
 
 def method_spec(name: str) -> MethodSpec:

@@ -29,4 +29,5 @@ MTGREC = MethodSpec(
         "finetune": {"epochs": 2, "lr": 2e-4},
     },
     stages=("data", "retokenize", "train", "finetune", "evaluate"),
+    finetune_overrides={"trainer": {"curriculum": {"stage_epochs": []}}},
 )

@@ -5,10 +5,13 @@ tables the model reads is config (`tokenizer.tables`), so any method can read se
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
+from genrec.trainer.end_to_end import EndToEnd
 from genrec.trainer.item_codes import ItemCodes
 from genrec.trainer.model import GenerativeRecommender, ModelConfig
 from genrec.trainer.objective import CodeGeneration, Objective
@@ -23,6 +26,14 @@ def beam_search(cfg: DictConfig, codes: ItemCodes) -> Ranker:
     return BeamSearchRanker.over(codes)
 
 
+def fixed_ids(cfg: DictConfig, tables: list[Path], items: int, device: torch.device) -> None:
+    return None
+
+
+def no_check(cfg: Any) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
@@ -34,3 +45,13 @@ class MethodSpec:
     build_model: Callable[[ModelConfig], GenerativeRecommender] = GenerativeRecommender
     objective: Callable[[DictConfig], Objective] = code_generation
     ranker: Callable[[DictConfig, ItemCodes], Ranker] = beam_search
+    joint: Callable[[DictConfig, list[Path], int, torch.device], EndToEnd | None] = fixed_ids
+    # Config values the fine-tuning stage sets on top of the run's (after pre-training).
+    finetune_overrides: dict[str, Any] = field(default_factory=dict)
+    # Checks of the whole config (GenrecConfig) this method needs, when the config is loaded.
+    check: Callable[[Any], None] = no_check
+
+    @property
+    def learns_ids(self) -> bool:
+        """Whether training changes the items' IDs (they are then written beside the model)."""
+        return self.joint is not fixed_ids

@@ -139,6 +139,13 @@ def id_table(ids: np.ndarray, id_column: str) -> pa.Table:
     )
 
 
+def id_table_bytes(ids: np.ndarray, id_column: str) -> bytes:
+    """The table as the bytes of its Parquet file: one content, one digest."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(id_table(ids, id_column), sink)
+    return sink.getvalue().to_pybytes()
+
+
 def fit_and_tokenize(
     cfg: DictConfig, vectors: np.ndarray, cf: np.ndarray | None, out: Path, id_column: str
 ) -> dict[str, Any]:

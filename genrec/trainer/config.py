@@ -63,6 +63,49 @@ class CurriculumConfig:
             raise Invalid("stage_epochs", f"must all be positive, got {self.stage_epochs}")
 
 
+class SiaGradient(Enum):
+    """How SIA's target-side distributions reach the tokenizer's encoder: through every
+    level's residual (`all`), or through the first level only (`first`: a straight-through
+    residual, as the official code does by accident)."""
+
+    all = "all"
+    first = "first"
+
+
+class Negatives(Enum):
+    """PSA's in-batch negatives: the micro-batches of all ranks (`gathered`: the same loss for
+    any worker count at the same global batch), or each rank's own (`local`)."""
+
+    gathered = "gathered"
+    local = "local"
+
+
+@dataclass
+class EtegrecConfig:
+    """ETEGRec's alternation: each cycle is one tokenizer epoch, then cycle - 1 recommender
+    epochs, both coupled by SIA and PSA (the paper's best weights: SIA 3e-4, PSA 1e-4)."""
+
+    cycle: int = option(2, "epochs per cycle: one tokenizer epoch, then cycle - 1 recommender")
+    warmup_epochs: int = option(2, "first epochs with the alignment weights at zero")
+    sia_weight: float = option(3e-4, "weight of sequence-item alignment (symmetric KL)")
+    psa_weight: float = option(1e-4, "weight of preference-semantic alignment (InfoNCE)")
+    vq_weight: float = option(1.0, "weight of the tokenizer's own loss in tokenizer epochs")
+    sia_temperature: float = option(1.0, "T of the code distributions softmax(-distance / T)")
+    psa_temperature: float = option(0.07, "InfoNCE temperature of PSA (cosine)")
+    sia_gradient: SiaGradient = option(SiaGradient.all, "SIA reaches the encoder via all or first")
+    negatives: Negatives = option(Negatives.gathered, "PSA negatives: gathered (all ranks), local")
+    tokenizer_lr: float = option(1e-4, "peak learning rate of the tokenizer's optimizer")
+    stop_when_stable: bool = option(
+        True, "end the alternation once a tokenizer epoch changes no item's ID"
+    )
+    joint: bool = option(True, "train the tokenizer too (false: fixed IDs, e.g. fine-tuning)")
+
+    def check(self) -> None:
+        at_least(self, 2, "cycle")
+        at_least(self, 0, "warmup_epochs", "sia_weight", "psa_weight", "vq_weight")
+        positive(self, "sia_temperature", "psa_temperature", "tokenizer_lr")
+
+
 @dataclass
 class TrainerConfig:
     """Optimisation on a DeepSpeed engine; `batch_size` is global (all workers, all micro-steps).
@@ -97,6 +140,7 @@ class TrainerConfig:
     model: ModelOptions = option(ModelOptions, "the encoder-decoder's size")
     init_from: str | None = option(None, "a model.pt whose weights training starts from")
     curriculum: CurriculumConfig = option(CurriculumConfig, "MTGRec's curriculum over groups")
+    etegrec: EtegrecConfig = option(EtegrecConfig, "ETEGRec's tokenizer trained alongside")
 
     def check(self) -> None:
         device_name(self, "device")

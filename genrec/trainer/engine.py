@@ -85,14 +85,21 @@ def init_distributed(device: torch.device) -> None:
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
 
 
-def build_engine(model: nn.Module, trainer: DictConfig, total_steps: int, device: torch.device):
-    """Wraps the model in a DeepSpeed engine with AdamW and the warm-up + cosine schedule."""
+def build_engine(
+    model: nn.Module,
+    trainer: DictConfig,
+    total_steps: int,
+    device: torch.device,
+    groups: list[dict] | None = None,
+):
+    """Wraps the model in a DeepSpeed engine with AdamW and the warm-up + cosine schedule;
+    `groups` are the optimizer's parameter groups (default: decay on matrices only)."""
     init_distributed(device)
     import deepspeed
 
     world_size = torch.distributed.get_world_size()
     optimizer = torch.optim.AdamW(
-        param_groups(model, trainer.weight_decay),
+        groups or param_groups(model, trainer.weight_decay),
         lr=trainer.lr,
         betas=(0.9, 0.98),
         fused=device.type == "cuda",

@@ -1,10 +1,13 @@
 """What the shared training loop and evaluation ask of a method (genrec/methods/ supplies it)."""
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
+import torch
 from omegaconf import DictConfig
 
+from genrec.trainer.end_to_end import EndToEnd
 from genrec.trainer.item_codes import ItemCodes
 from genrec.trainer.model import GenerativeRecommender, ModelConfig
 from genrec.trainer.objective import Objective
@@ -19,3 +22,5 @@ class MethodHooks(Protocol):
     objective: Callable[[DictConfig], Objective]
     # How the model recommends for evaluation.
     ranker: Callable[[DictConfig, ItemCodes], Ranker]
+    # A tokenizer trained with the model (ETEGRec), from the run's tables; None: IDs are fixed.
+    joint: Callable[[DictConfig, list[Path], int, torch.device], EndToEnd | None]

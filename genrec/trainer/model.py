@@ -37,11 +37,16 @@ class ModelConfig:
     max_history_items: int = 50
     num_user_buckets: int = 0
     ffn: str = "gated-gelu"
+    # ETEGRec's alignment adapters (0: none): the pooled encoder output into the tokenizer's
+    # latent space, the decoder's first state into the item-embedding space.
+    latent_adapter_dim: int = 0
+    embedding_adapter_dim: int = 0
 
     def __post_init__(self) -> None:
         at_least(self, 1, "num_levels", "codebook_size", "dedup_size", "d_model", "num_heads")
         at_least(self, 1, "d_ff", "max_history_items")
         at_least(self, 0, "encoder_layers", "decoder_layers", "num_user_buckets")
+        at_least(self, 0, "latent_adapter_dim", "embedding_adapter_dim")
         if not 0.0 <= self.dropout < 1.0:
             raise Invalid("dropout", f"must be in [0, 1), got {self.dropout}")
         if self.ffn not in FFN_KINDS:
@@ -125,7 +130,8 @@ def count_parameters(config: ModelConfig) -> int:
     encoder = config.encoder_layers * (attention + ffn + 2 * d)
     decoder = config.decoder_layers * (2 * attention + ffn + 3 * d)
     head = config.codes_per_item * config.max_codes * d
-    return embeddings + encoder + decoder + 2 * d + head
+    adapters = (d + 1) * (config.latent_adapter_dim + config.embedding_adapter_dim)
+    return embeddings + encoder + decoder + 2 * d + head + adapters
 
 
 def flops_per_example(config: ModelConfig, history_items: int, training: bool = True) -> int:
@@ -337,6 +343,10 @@ class DecoderCache:
         )
 
 
+def adapter(d_model: int, width: int) -> nn.Linear | None:
+    return nn.Linear(d_model, width) if width else None
+
+
 class GenerativeRecommender(nn.Module):
     """Encoder over history codes, decoder over the next item's codes.
 
@@ -359,6 +369,8 @@ class GenerativeRecommender(nn.Module):
         self.dec_norm = nn.RMSNorm(d, eps=1e-6)
         self.head = nn.Parameter(torch.empty(config.codes_per_item, config.max_codes, d))
         self.dropout = Dropout(config.dropout)
+        self.latent_adapter = adapter(d, config.latent_adapter_dim)
+        self.embedding_adapter = adapter(d, config.embedding_adapter_dim)
         sizes = torch.tensor(config.level_sizes())
         self.register_buffer("level_sizes", sizes, persistent=False)
         self.register_buffer(
@@ -457,9 +469,17 @@ class GenerativeRecommender(nn.Module):
         return hidden @ self.head[step, :size].T
 
     def forward(
-        self, history_codes: Tensor, target_codes: Tensor, user: Tensor | None = None
-    ) -> Tensor:
-        """Teacher-forced logits [B, L+1, max(K, D)]; codes outside a step's set are -inf."""
+        self,
+        history_codes: Tensor,
+        target_codes: Tensor,
+        user: Tensor | None = None,
+        aligned: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        """Teacher-forced logits [B, L+1, max(K, D)]; codes outside a step's set are -inf.
+
+        With `aligned`, also the adapters' views (ETEGRec): the encoder output mean-pooled
+        over real tokens in the tokenizer's latent space [B, latent], and the decoder's first
+        state in the item-embedding space [B, embedding]."""
         memory, mask = self.encode(history_codes, user)
         self._check_targets(target_codes, memory.size(0))
         cache = self.init_cache(memory, mask)
@@ -467,7 +487,14 @@ class GenerativeRecommender(nn.Module):
         shifted = target_codes[:, :-1] + self.level_offsets[:-1]
         hidden = self._decode(cache, torch.cat([bos, shifted], dim=1))
         logits = torch.einsum("btd,tkd->btk", hidden, self.head)
-        return logits.masked_fill(~self.valid_codes, float("-inf"))
+        logits = logits.masked_fill(~self.valid_codes, float("-inf"))
+        if not aligned:
+            return logits
+        if self.latent_adapter is None or self.embedding_adapter is None:
+            raise ValueError("aligned outputs need latent_adapter_dim and embedding_adapter_dim")
+        weights = mask.unsqueeze(-1).type_as(memory)
+        pooled = (memory * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return logits, self.latent_adapter(pooled), self.embedding_adapter(hidden[:, 0])
 
     def loss(
         self,

@@ -33,6 +33,7 @@ from genrec.errors import DataError
 from genrec.provenance import code_version, file_digest, fingerprint, to_plain
 from genrec.trainer.checkpoint import load_model, model_payload
 from genrec.trainer.curriculum import Curriculum
+from genrec.trainer.end_to_end import TOKENIZER_TAG
 from genrec.trainer.engine import build_engine, full_state_dict, resolve_device
 from genrec.trainer.evaluate import split_loss, split_metrics, table_digests
 from genrec.trainer.hooks import MethodHooks
@@ -69,10 +70,17 @@ def model_config(cfg: DictConfig, codes: ItemCodes) -> ModelConfig:
 
 def initial_model(path: Path, config: ModelConfig, method: MethodHooks) -> GenerativeRecommender:
     """Saved weights to start from (fine-tuning a pre-trained model): the architecture must be
-    this run's, with room for its dedup codes (pre-training on several tables may need more)."""
+    this run's, with room for its dedup codes (pre-training on several tables may need more);
+    ETEGRec's alignment adapters come along unused."""
     saved, _ = load_model(path, method.build_model)
     fits = saved.config.dedup_size >= config.dedup_size
-    if not fits or dataclasses.replace(config, dedup_size=saved.config.dedup_size) != saved.config:
+    same = dataclasses.replace(
+        config,
+        dedup_size=saved.config.dedup_size,
+        latent_adapter_dim=saved.config.latent_adapter_dim,
+        embedding_adapter_dim=saved.config.embedding_adapter_dim,
+    )
+    if not fits or same != saved.config:
         raise DataError(
             str(path),
             f"holds a model of {saved.config}, but this run builds {config} "
@@ -131,12 +139,20 @@ class Progress:
 class BestModel:
     """The best-validation weights, saved as the consolidated `model.pt` a user evaluates."""
 
-    def __init__(self, model: GenerativeRecommender, progress: Progress, provenance: dict):
-        self.model, self.progress, self.provenance = model, progress, provenance
+    def __init__(
+        self,
+        model: GenerativeRecommender,
+        progress: Progress,
+        provenance: dict,
+        ids: Callable[[], dict[str, Any]] = dict,
+    ):
+        """`ids()`: the IDs the weights were selected with, where training changes them."""
+        self.model, self.progress, self.provenance, self.ids = model, progress, provenance, ids
 
     def state_dict(self) -> dict[str, Any]:
         p = self.progress
-        return model_payload(self.model, step=p.best_step, valid=p.best, **self.provenance)
+        extra = self.provenance | self.ids()
+        return model_payload(self.model, step=p.best_step, valid=p.best, **extra)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["state_dict"])
@@ -150,8 +166,9 @@ class Meter:
         self.reset()
 
     def reset(self) -> None:
-        self.samples, self.tokens, self.history_items, self.steps = 0, 0, 0, 0
+        self.samples, self.tokens, self.history_items = 0, 0, 0
         self.terms: dict[str, Tensor] = {}
+        self.counts: dict[str, int] = {}
         self.started = time.perf_counter()
 
     def add(self, history: Tensor, terms: dict[str, Tensor], codes_per_item: int) -> None:
@@ -160,12 +177,13 @@ class Meter:
         self.samples += history.size(0)
         self.history_items += items
         self.tokens += (items + history.size(0)) * codes_per_item
-        self.steps += 1
         for name, value in terms.items():
             self.terms[name] = self.terms.get(name, 0.0) + value.detach().float()
+            self.counts[name] = self.counts.get(name, 0) + 1
 
     def means(self) -> dict[str, float]:
-        return {name: float(total) / max(self.steps, 1) for name, total in self.terms.items()}
+        """Each term's mean over the micro-steps that had it."""
+        return {name: float(total) / self.counts[name] for name, total in self.terms.items()}
 
     def rates(self) -> dict[str, float]:
         seconds = max(time.perf_counter() - self.started, 1e-9)
@@ -193,10 +211,14 @@ class Loop:
             "code": code_version(),
         }
         self.device = resolve_device(cfg.trainer.device)
+        self.method = method
         codes = ItemCodes.load(tables, manifest["num_items"], cfg.tokenizer.codebook_size)
         self.codes = codes.to(self.device)
         torch.manual_seed(cfg.seed)
         config = model_config(cfg, self.codes)
+        joint = method.joint(cfg, tables, manifest["num_items"], self.device)
+        if joint is not None:
+            config = joint.model_config(config, codes.codebook_size)
         start = None
         if self.trainer.init_from:
             start = initial_model(Path(self.trainer.init_from), config, method)
@@ -207,29 +229,49 @@ class Loop:
         self.eval_model = method.build_model(config).to(self.device)
         self.objective, self.ranker = method.objective(cfg), method.ranker(cfg, self.codes)
         self.examples_per_epoch = manifest["num_train_examples"]
-        epochs = self.examples_per_epoch * self.trainer.epochs
-        self.total_steps = math.ceil(epochs / self.trainer.batch_size)
-        self.engine = build_engine(self.model, self.trainer, self.total_steps, self.device)
+        self.total_steps = self.steps_of(self.trainer.epochs)
+        model_epochs = self.trainer.epochs if joint is None else joint.model_epochs()
+        self.engine = build_engine(
+            self.model, self.trainer, self.steps_of(model_epochs), self.device
+        )
+        self.engines = {DEEPSPEED_TAG: self.engine}
         self.rank, self.world_size = self.engine.global_rank, self.engine.world_size
         valid = load_eval_set(data_dir, "valid").subsample(cfg.evaluate.valid_users, cfg.seed)
         self.valid = valid.take(np.arange(self.rank, valid.users.size, self.world_size))
         self.peak = peak_flops(self.device)
         self.progress = Progress()
-        best = BestModel(method.build_model(config), self.progress, self.provenance)
+        self.joint = joint
+        ids = dict if joint is None else joint.best_payload
+        best = BestModel(method.build_model(config), self.progress, self.provenance, ids)
         self.best_model = best.model
         self.states: dict[str, Stateful] = {"progress": self.progress, "model": best}
         self.curriculum = Curriculum(self, data_dir) if self.codes.num_groups > 1 else None
         if self.curriculum is not None:
             self.states["curriculum"] = self.curriculum
+        if joint is not None:
+            joint.start(self)
+            self.engines[TOKENIZER_TAG] = joint.engine
+            self.states["etegrec"] = joint
+
+    def steps_of(self, epochs: int) -> int:
+        return max(1, math.ceil(self.examples_per_epoch * epochs / self.trainer.batch_size))
+
+    def optimizer_steps(self) -> int:
+        """Optimizer steps of all engines (ETEGRec's tokenizer has its own)."""
+        return sum(engine.global_steps for engine in self.engines.values())
 
     def micro_step(self, rows: dict[str, Any], weight: float = 1.0) -> dict[str, Tensor]:
         """One forward and backward (and optimizer step at the end of an accumulation). The
         loss is scaled by `weight`, this rank's share of the micro-step's examples times the
         world size, so the gradient averaged over ranks is the mean over all their examples
         however unevenly they fell."""
-        loss, terms = self.objective(self.engine, Batch.coded(rows, self.codes, self.device))
-        self.engine.backward(loss * weight)
-        self.engine.step()
+        batch = Batch.coded(rows, self.codes, self.device)
+        if self.joint is None:
+            engine, (loss, terms) = self.engine, self.objective(self.engine, batch)
+        else:
+            engine, loss, terms = self.joint.loss(batch)
+        engine.backward(loss * weight)
+        engine.step()
         return {"loss": loss.detach(), **terms}
 
     def examples_everywhere(self, rows: dict | None) -> int:
@@ -271,6 +313,8 @@ class Loop:
         if metrics[SELECT_METRIC] > p.best[SELECT_METRIC]:
             p.best, p.best_step, p.stale = metrics, p.step, 0
             self.best_model.load_state_dict(self.eval_model.state_dict())
+            if self.joint is not None:
+                self.joint.keep_best()
         else:
             p.stale += 1
         if self.rank == 0:
@@ -288,14 +332,17 @@ class Loop:
         return round(self.progress.samples / self.examples_per_epoch, 3)
 
     def save(self, folder: Path) -> None:
-        """This rank's DeepSpeed state; rank 0 adds the named states (the same on every rank)."""
-        self.engine.save_checkpoint(str(folder), tag=DEEPSPEED_TAG)
+        """This rank's DeepSpeed state of each engine; rank 0 adds the named states (the same
+        on every rank)."""
+        for tag, engine in self.engines.items():
+            engine.save_checkpoint(str(folder), tag=tag)
         if self.rank == 0:
             save_states(folder, self.states)
 
     def restore(self, folder: Path) -> None:
-        """Loads a checkpoint written by `save`: the engine and every named state."""
-        self.engine.load_checkpoint(str(folder), tag=DEEPSPEED_TAG)
+        """Loads a checkpoint written by `save`: the engines and every named state."""
+        for tag, engine in self.engines.items():
+            engine.load_checkpoint(str(folder), tag=tag)
         load_states(folder, self.states)
 
     def log_terms(self, writer: SummaryWriter | None, meter: Meter) -> dict[str, float]:
@@ -358,20 +405,23 @@ class Loop:
                 meter.add(rows["history"], terms, self.model.config.codes_per_item)
             p.train_seconds += time.perf_counter() - started
             p.samples += examples
-            if self.engine.global_steps == p.step:
+            if self.optimizer_steps() == p.step:
                 continue
-            p.step = self.engine.global_steps
+            p.step = self.optimizer_steps()
             bar.update(1)
             if self.curriculum is not None and self.curriculum.due(p.samples):
                 self.curriculum.update(self, writer)
+            if self.joint is not None:
+                self.joint.after_step()
+                stop = self.joint.stable
             if p.step % self.trainer.log_every == 0:
                 loss = self.log_terms(writer, meter)["loss"]
             metrics = {"step": p.step, "train_loss": loss, "epoch": self.epoch()}
-            validated = p.step % self.trainer.eval_every == 0
-            if validated:
+            due = p.step % self.trainer.eval_every == 0
+            if due and (self.joint is None or self.joint.trained_recommender()):
                 metrics |= self.validate(writer)
-                stop = p.stale >= self.trainer.patience
-            if p.step % every == 0 if every else validated:
+                stop = stop or p.stale >= self.trainer.patience
+            if p.step % every == 0 if every else due:
                 checkpoint(metrics)
             self.show(bar, loss)
         if not p.history or p.history[-1]["step"] != p.step:
