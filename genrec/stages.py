@@ -160,7 +160,7 @@ def finetune(cfg: DictConfig) -> Path:
     tuning = {
         "epochs": cfg.finetune.epochs,
         "lr": cfg.finetune.lr,
-        "init_from": str(pretrained.absolute()),
+        "init_from": None if cfg.finetune.from_scratch else str(pretrained.absolute()),
     }
     tuned = OmegaConf.merge(cfg, method.finetune_overrides, {"trainer": tuning})
     out = stage_dir(cfg.run_dir, artifacts.FINETUNE)

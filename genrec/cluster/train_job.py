@@ -99,9 +99,8 @@ class Worker:
 
     def trained(self, batch: dict[str, Any]) -> None:
         self.tracker.trained(batch["source"])
-        step = self.loop.engine.global_steps
-        if self.tracker.record and self.rank == 0 and step != self.loop.progress.step:
-            self.board.reached.remote(self.attempt, step)
+        if self.tracker.record and self.rank == 0 and self.loop.stepped():
+            self.board.reached.remote(self.attempt, self.loop.progress.step + 1)
         drill = self.cfg.cluster.fail_at_step
         last = self.loop.world_size - 1
         if drill and self.attempt == 1 and self.rank == last and self.loop.progress.step >= drill:

@@ -98,6 +98,9 @@ class EtegrecConfig:
     stop_when_stable: bool = option(
         True, "end the alternation once a tokenizer epoch changes no item's ID"
     )
+    alternate: bool = option(
+        True, "alternate by epoch (false: update both at every step, the paper's ablation)"
+    )
     joint: bool = option(True, "train the tokenizer too (false: fixed IDs, e.g. fine-tuning)")
 
     def check(self) -> None:
@@ -164,12 +167,16 @@ class TrainerConfig:
 
 @dataclass
 class FinetuneConfig:
-    """Fine-tuning after pre-training on several tables (MTGRec): one table, lower lr."""
+    """Fine-tuning after pre-training: on one table (MTGRec), or on the learned IDs with the
+    tokenizer frozen (ETEGRec), at a lower lr."""
 
     epochs: int = option(0, "fine-tuning epochs on one table after pre-training (0: none)")
     lr: float = option(2e-4, "peak learning rate of fine-tuning")
     candidates: list[int] = option(
         [0], "tables validation picks the fine-tuning one from (0: the final epoch's)"
+    )
+    from_scratch: bool = option(
+        False, "train a new model on the chosen IDs instead (ETEGRec's 'no end-to-end' ablation)"
     )
 
     def check(self) -> None:

@@ -53,8 +53,12 @@ log = logging.getLogger(__name__)
 
 
 class Phase(Enum):
+    """What an epoch trains: the tokenizer, the recommender, or both at every step (`joint`,
+    the paper's ablation without alternation)."""
+
     tokenizer = "tokenizer"
     recommender = "recommender"
+    joint = "joint"
 
 
 def level_logits(
@@ -142,6 +146,7 @@ class EndToEnd:
         self.tokenizer = tokenizer.to(device)
         self.through_all = self.options.sia_gradient is SiaGradient.all
         self.phase: Phase | None = None
+        self.phase_epoch = 0
         self.finished: Phase | None = None
         self.changes: list[dict[str, Any]] = []
         self.stable = False
@@ -158,12 +163,14 @@ class EndToEnd:
 
     def model_epochs(self) -> int:
         """Epochs the recommender's optimizer steps in (its schedule spans only those)."""
-        return self.epochs_of(Phase.recommender)
+        return self.epochs_of(Phase.recommender, Phase.joint)
 
-    def epochs_of(self, phase: Phase) -> int:
-        return sum(self.phase_of(e) is phase for e in range(self.cfg.trainer.epochs))
+    def epochs_of(self, *phases: Phase) -> int:
+        return sum(self.phase_of(e) in phases for e in range(self.cfg.trainer.epochs))
 
     def phase_of(self, epoch: int) -> Phase:
+        if not self.options.alternate:
+            return Phase.joint
         return Phase.tokenizer if epoch % self.options.cycle == 0 else Phase.recommender
 
     def start(self, loop: "Loop") -> None:
@@ -171,7 +178,7 @@ class EndToEnd:
         self.loop = loop
         self.ids = loop.codes.group(0).cpu().numpy()
         self.best_ids = self.ids
-        examples = loop.examples_per_epoch * self.epochs_of(Phase.tokenizer)
+        examples = loop.examples_per_epoch * self.epochs_of(Phase.tokenizer, Phase.joint)
         steps = max(1, math.ceil(examples / loop.trainer.batch_size))
         trainer = OmegaConf.merge(
             loop.trainer, {"lr": self.options.tokenizer_lr, "warmup_steps": 0}
@@ -180,22 +187,29 @@ class EndToEnd:
             self.tokenizer, trainer, steps, loop.device, self.tokenizer.param_groups()
         )
 
+    def epoch(self) -> int:
+        """The epoch the next optimizer step belongs to."""
+        return self.loop.progress.samples // self.loop.examples_per_epoch
+
     def upcoming(self) -> Phase | None:
         """The phase of the next optimizer step; None once every epoch is trained."""
-        epoch = self.loop.progress.samples // self.loop.examples_per_epoch
+        epoch = self.epoch()
         return None if epoch >= self.cfg.trainer.epochs else self.phase_of(epoch)
 
     def aligned(self) -> bool:
-        epoch = self.loop.progress.samples // self.loop.examples_per_epoch
-        return epoch >= self.options.warmup_epochs
+        return self.epoch() >= self.options.warmup_epochs
 
-    def loss(self, batch: Batch) -> tuple[Any, Tensor, dict[str, Tensor]]:
-        """(the engine that steps, the loss, its terms) of one micro-batch in this phase."""
+    def updates(self, batch: Batch) -> list[tuple[Any, Tensor, dict[str, Tensor]]]:
+        """(engine, loss, terms) of each part this phase trains on the micro-batch; the phase
+        holds for whole optimizer steps (it changes in `after_step` only)."""
         if self.phase is None:
-            self.phase = self.upcoming() or Phase.recommender
-        if self.phase is Phase.recommender:
-            return self.loop.engine, *self.recommender_loss(batch)
-        return self.engine, *self.tokenizer_loss(batch)
+            self.phase, self.phase_epoch = self.upcoming() or Phase.recommender, self.epoch()
+        updates = []
+        if self.phase is not Phase.recommender:
+            updates.append((self.engine, *self.tokenizer_loss(batch)))
+        if self.phase is not Phase.tokenizer:
+            updates.append((self.loop.engine, *self.recommender_loss(batch)))
+        return updates
 
     def recommender_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         self.tokenizer.eval()
@@ -258,9 +272,11 @@ class EndToEnd:
         return symmetric_kl(seq_logits, target_logits), info_nce(dec, x_hat, o.psa_temperature)
 
     def after_step(self) -> None:
-        """At an optimizer step's end: re-code the items when a tokenizer epoch just ended."""
-        self.finished, self.phase = self.phase, self.upcoming()
-        if self.finished is Phase.tokenizer and self.phase is not Phase.tokenizer:
+        """At an optimizer step's end: re-code the items when an epoch that trained the
+        tokenizer just ended."""
+        finished_epoch = self.phase_epoch
+        self.finished, self.phase, self.phase_epoch = self.phase, self.upcoming(), self.epoch()
+        if self.finished is not Phase.recommender and self.phase_epoch != finished_epoch:
             self.recode()
 
     def trained_recommender(self) -> bool:

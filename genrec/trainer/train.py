@@ -240,6 +240,7 @@ class Loop:
         self.valid = valid.take(np.arange(self.rank, valid.users.size, self.world_size))
         self.peak = peak_flops(self.device)
         self.progress = Progress()
+        self.steps_seen = 0
         self.joint = joint
         ids = dict if joint is None else joint.best_payload
         best = BestModel(method.build_model(config), self.progress, self.provenance, ids)
@@ -256,23 +257,31 @@ class Loop:
     def steps_of(self, epochs: int) -> int:
         return max(1, math.ceil(self.examples_per_epoch * epochs / self.trainer.batch_size))
 
-    def optimizer_steps(self) -> int:
+    def engine_steps(self) -> int:
         """Optimizer steps of all engines (ETEGRec's tokenizer has its own)."""
         return sum(engine.global_steps for engine in self.engines.values())
 
+    def stepped(self) -> bool:
+        """Whether the last micro-step ended an optimizer step (of any engine)."""
+        return self.engine_steps() != self.steps_seen
+
     def micro_step(self, rows: dict[str, Any], weight: float = 1.0) -> dict[str, Tensor]:
-        """One forward and backward (and optimizer step at the end of an accumulation). The
+        """One forward and backward (and optimizer step at the end of an accumulation) of each
+        engine the method updates now (ETEGRec: the tokenizer's, the model's or both). The
         loss is scaled by `weight`, this rank's share of the micro-step's examples times the
         world size, so the gradient averaged over ranks is the mean over all their examples
         however unevenly they fell."""
         batch = Batch.coded(rows, self.codes, self.device)
         if self.joint is None:
-            engine, (loss, terms) = self.engine, self.objective(self.engine, batch)
+            updates = [(self.engine, *self.objective(self.engine, batch))]
         else:
-            engine, loss, terms = self.joint.loss(batch)
-        engine.backward(loss * weight)
-        engine.step()
-        return {"loss": loss.detach(), **terms}
+            updates = self.joint.updates(batch)
+        total, named = 0.0, {}
+        for engine, loss, terms in updates:
+            engine.backward(loss * weight)
+            engine.step()
+            total, named = total + loss.detach(), named | terms
+        return {"loss": total, **named}
 
     def examples_everywhere(self, rows: dict | None) -> int:
         """The examples in this micro-step over all ranks; 0 once every rank has run dry.
@@ -395,6 +404,7 @@ class Loop:
             disable=self.rank != 0,
         )
         stop, loss = False, float("nan")
+        self.steps_seen = self.engine_steps()
         while not stop and (examples := self.examples_everywhere(rows := next(batches, None))):
             started = time.perf_counter()
             if rows is None:
@@ -405,9 +415,9 @@ class Loop:
                 meter.add(rows["history"], terms, self.model.config.codes_per_item)
             p.train_seconds += time.perf_counter() - started
             p.samples += examples
-            if self.optimizer_steps() == p.step:
+            if not self.stepped():
                 continue
-            p.step = self.optimizer_steps()
+            p.step, self.steps_seen = p.step + 1, self.engine_steps()
             bar.update(1)
             if self.curriculum is not None and self.curriculum.due(p.samples):
                 self.curriculum.update(self, writer)

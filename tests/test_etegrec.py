@@ -1,0 +1,280 @@
+"""ETEGRec: the alignment losses, the alternation of two DeepSpeed engines, re-coding, resume
+and the checks made before Ray starts, with real Ray and DeepSpeed where they are involved."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genrec import stages
+from genrec.cluster.train_job import train
+from genrec.config import load_config
+from genrec.errors import ConfigError, DataError
+from genrec.methods import method_spec
+from genrec.trainer.end_to_end import (
+    first_occurrences,
+    gather_rows,
+    info_nce,
+    level_logits,
+    symmetric_kl,
+)
+from genrec.trainer.evaluate import evaluate_checkpoint
+
+TINY = [
+    "method=etegrec",
+    "data.synthetic.num_users=300",
+    "data.synthetic.num_items=90",
+    "data.users_per_shard=25",
+    "sasrec.epochs=2",
+    "tokenizer.epochs=8",
+    "tokenizer.codebook_size=16",
+    "tokenizer.hidden_dims=[64]",
+    "tokenizer.latent_dim=16",
+    "trainer.epochs=3",
+    "trainer.etegrec.warmup_epochs=0",
+    "trainer.etegrec.stop_when_stable=false",
+    "trainer.batch_size=64",
+    "trainer.eval_every=16",
+    "trainer.warmup_steps=5",
+    "finetune.epochs=1",
+]
+
+
+def test_sia_is_zero_for_identical_distributions_and_symmetric():
+    torch.manual_seed(0)
+    a, b = torch.randn(5, 3, 16), torch.randn(5, 3, 16)
+    assert symmetric_kl(a, a).item() == pytest.approx(0.0, abs=1e-7)
+    assert symmetric_kl(a, b).item() > 0.1
+    assert symmetric_kl(a, b).item() == pytest.approx(symmetric_kl(b, a).item(), rel=1e-6)
+    # Logits that differ by a constant per row are the same distribution.
+    assert symmetric_kl(a, a + 3.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_psa_matches_a_hand_computed_infonce():
+    query = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    keys = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    tau, r = 0.5, 1 / math.sqrt(2)
+    # Cosines: q0.k0 = 1, q0.k1 = r, q1.k0 = 0, q1.k1 = r.
+    rows = -(1 / tau - math.log(math.exp(1 / tau) + math.exp(r / tau)))
+    rows -= r / tau - math.log(math.exp(0) + math.exp(r / tau))
+    cols = -(1 / tau - math.log(math.exp(1 / tau) + math.exp(0)))
+    cols -= r / tau - math.log(math.exp(r / tau) + math.exp(r / tau))
+    assert info_nce(query, keys, tau).item() == pytest.approx((rows + cols) / 2, rel=1e-6)
+
+
+def test_sia_reaches_the_latent_through_every_level_or_the_first_only():
+    torch.manual_seed(0)
+    codebooks = [torch.randn(8, 4) for _ in range(3)]
+    for through_all, later_levels_reach in ((True, True), (False, False)):
+        latent = torch.randn(6, 4, requires_grad=True)
+        logits = level_logits(codebooks, latent, 1.0, through_all)
+        assert logits.shape == (6, 3, 8)
+        # Level 0's logits are -squared distances to the codewords.
+        distance = torch.cdist(latent, codebooks[0]) ** 2
+        assert torch.allclose(logits[:, 0], -distance, atol=1e-4)
+        (grad,) = torch.autograd.grad(logits[:, 1:].sum(), latent, allow_unused=True)
+        reached = grad is not None and bool(grad.abs().sum() > 0)
+        assert reached == later_levels_reach
+
+
+def test_unique_targets_are_first_occurrences_and_one_rank_gathers_itself():
+    items = torch.tensor([5, 3, 5, 7, 3, 9])
+    assert first_occurrences(items).tolist() == [1, 0, 3, 5]
+    x = torch.randn(4, 2, requires_grad=True)
+    assert gather_rows(x) is x
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("trainer.etegrec.cycle=1", "cycle"),
+        ("trainer.etegrec.sia_weight=-1", "sia_weight"),
+        ("trainer.etegrec.psa_weight=-0.5", "psa_weight"),
+        ("tokenizer.name=rqkmeans", "tokenizer.name"),
+        ("trainer.zero_stage=3", "trainer.zero_stage"),
+    ],
+)
+def test_bad_keys_fail_when_the_config_is_loaded(override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config([], ["method=etegrec", override])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Data, SASRec item embeddings and the pre-trained RQ-VAE, shared by the tests below."""
+    folder = tmp_path_factory.mktemp("etegrec")
+    cfg = load_config([], [f"run_dir={folder}", *TINY])
+    return cfg, stages.data(cfg), stages.id_tables(cfg)
+
+
+def test_a_missing_tokenizer_input_fails_before_ray_starts(run, tmp_path):
+    cfg, data_dir, (table,) = run
+    for missing in ("tokenizer.pt", "vectors"):
+        items = tmp_path / missing / "tokenizer" / "items"
+        shutil.copytree(table.parent.parent, items.parent)
+        report = json.loads((items.parent / "report.json").read_text())
+        if missing == "vectors":
+            report["inputs"]["items"] = str(tmp_path / "gone.npy")
+            (items.parent / "report.json").write_text(json.dumps(report))
+        else:
+            (items / "tokenizer.pt").unlink()
+        out = tmp_path / missing / "train"
+        with pytest.raises(DataError, match=r"tokenizer\.pt|gone\.npy"):
+            train(cfg, data_dir, [items / "semantic_ids.parquet"], out)
+        assert not out.exists()
+
+
+def _distinct_target_batches(data_dir: Path, count: int, size: int) -> list[dict]:
+    """Batches whose targets are all different, so 'the unique targets' are every row in any
+    order of the rows (one worker's or two workers' gathered)."""
+    from genrec.data_pipeline.streaming import TrainExamples, collate
+
+    examples = iter(TrainExamples(data_dir, max_history=50, shuffle_buffer=0))
+    batches = []
+    for _ in range(count):
+        rows, seen = [], set()
+        while len(rows) < size:
+            example = next(examples)
+            if int(example["target"]) not in seen:
+                seen.add(int(example["target"]))
+                rows.append(example)
+        batch = collate(rows)
+        batches.append(batch | {"group": torch.zeros(size, dtype=torch.long)})
+    return batches
+
+
+def _alternate(cfg, data_dir: Path, tables: list[Path], storage: Path, workers: int) -> dict:
+    """Two tokenizer steps, the end of that epoch, two recommender steps, on `workers` Ray
+    Train + DeepSpeed ranks (rank r trains rows r, r + workers, ... of each batch); what
+    rank 0 saw of the parameters, codes and losses."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from genrec.provenance import to_plain
+
+    batches = _distinct_target_batches(data_dir, 4, 48)
+    out = storage / f"alternate-{workers}.json"
+    job = {"cfg": to_plain(cfg), "data": str(data_dir), "tables": [str(t) for t in tables]}
+
+    def loop_per_worker(config: dict) -> None:  # a closure: Ray ships it by value
+        from genrec.config import config_from_dict
+        from genrec.trainer.end_to_end import Phase
+        from genrec.trainer.train import Loop
+        from genrec.trainer.trie import ItemTrie
+
+        torch.set_num_threads(1)
+        cfg = config_from_dict(config["cfg"])
+        tables = [Path(t) for t in config["tables"]]
+        loop = Loop(cfg, Path(config["data"]), tables, "alternate", method_spec("etegrec"))
+        joint, rank, world = loop.joint, loop.rank, loop.world_size
+
+        def weights(module):
+            return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+        def same(a, b):
+            return all(torch.equal(a[k], b[k]) for k in a)
+
+        def steps(rows_list):
+            losses = []
+            for rows in rows_list:
+                terms = loop.micro_step({k: v[rank::world] for k, v in rows.items()})
+                joint.after_step()
+                losses.append({k: float(v) for k, v in terms.items() if k != "loss"})
+            return losses
+
+        seen = {"phases": [joint.upcoming().value]}
+        model0, tok0 = weights(loop.engine.module), weights(joint.tokenizer)
+        seen["tokenizer_losses"] = steps(batches[:2])
+        model1, tok1 = weights(loop.engine.module), weights(joint.tokenizer)
+        seen["model_frozen"], seen["tokenizer_moved"] = same(model0, model1), not same(tok0, tok1)
+        loop.progress.samples = loop.examples_per_epoch  # the tokenizer epoch ends here
+        before = loop.codes.group(0).cpu().numpy()
+        joint.after_step()
+        seen["phases"].append(joint.upcoming().value)
+        fresh = joint.fresh_ids()
+        table = loop.codes.group(0).cpu().numpy()
+        trie, expected = loop.ranker.trie, ItemTrie.from_codes(fresh)
+        seen["codes_fresh"] = bool(np.array_equal(table, fresh))
+        seen["trie_fresh"] = all(
+            torch.equal(a, b)
+            for a, b in zip(
+                [*trie.child_start, *trie.code, trie.leaf_item.cpu()],
+                [*expected.child_start, *expected.code, expected.leaf_item],
+                strict=True,
+            )
+        )
+        seen["ids_changed"] = float((table != before).any(1).mean())
+        seen["recommender_losses"] = steps(batches[2:])
+        model2, tok2 = weights(loop.engine.module), weights(joint.tokenizer)
+        seen["tokenizer_frozen"], seen["model_moved"] = same(tok1, tok2), not same(model1, model2)
+        seen["recommender_phase"] = joint.phase is Phase.recommender
+        if rank == 0:
+            out.write_text(json.dumps(seen))
+
+    TorchTrainer(
+        loop_per_worker,
+        train_loop_config=job,
+        scaling_config=ScalingConfig(num_workers=workers),
+        torch_config=TorchConfig(backend="gloo"),
+        run_config=RunConfig(name=f"alternate-{workers}", storage_path=str(storage)),
+    ).fit()
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_each_phase_trains_its_part_only_recodes_and_two_workers_agree(run, tmp_path):
+    """Tokenizer steps leave the recommender bit-identical and the other way round; after the
+    tokenizer epoch the loop's table and trie are a fresh encode + collision resolution; the
+    losses on 1 and 2 workers with the same global batch agree (gathered PSA negatives)."""
+    _, data_dir, tables = run
+    cfg = load_config([], [f"run_dir={tmp_path}", *TINY, "trainer.batch_size=48"])
+    one = _alternate(cfg, data_dir, tables, tmp_path, 1)
+    assert one["phases"] == ["tokenizer", "recommender"]
+    assert one["model_frozen"] and one["tokenizer_moved"]
+    assert one["tokenizer_frozen"] and one["model_moved"] and one["recommender_phase"]
+    assert one["codes_fresh"] and one["trie_fresh"] and 0 < one["ids_changed"] < 1
+    assert set(one["tokenizer_losses"][0]) == {"vq", "sia", "psa"}
+    assert set(one["recommender_losses"][0]) == {"generation", "sia", "psa"}
+    two = _alternate(cfg, data_dir, tables, tmp_path, 2)
+    for phase in ("tokenizer_losses", "recommender_losses"):
+        for a, b in zip(one[phase], two[phase], strict=True):
+            for term in ("sia", "psa"):  # gathered: the global batch's value on every rank
+                assert b[term] == pytest.approx(a[term], rel=1e-3), (phase, term)
+    assert two["codes_fresh"] and two["ids_changed"] == pytest.approx(one["ids_changed"])
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_run_killed_in_a_tokenizer_epoch_resumes_there_and_keeps_its_ids(run, tmp_path):
+    """The drill kills a worker inside the second tokenizer epoch; the restarted run resumes
+    from that epoch's checkpoint, re-codes after it, and the selected model evaluates with
+    the IDs written beside it and refuses the pre-trained ones."""
+    _, data_dir, tables = run
+    drill = [
+        "cluster.num_workers=2",
+        "cluster.max_failures=1",
+        "trainer.checkpoint_every=5",
+    ]
+    examples = json.loads((data_dir / "manifest.json").read_text())["num_train_examples"]
+    steps_per_epoch = math.ceil(examples / 64)
+    fail_at = 2 * steps_per_epoch + steps_per_epoch // 2 + 1
+    drill.append(f"cluster.fail_at_step={fail_at}")
+    killed = load_config([], [f"run_dir={tmp_path}", *TINY, *drill])
+    out = train(killed, data_dir, tables, tmp_path / "train")
+    summary = json.loads((out / "train.json").read_text())
+    _, second = summary["attempts"]
+    assert 2 * steps_per_epoch <= second["step"] < fail_at  # resumed inside epoch 2
+    assert [round(change["epoch"]) for change in summary["recoded"]] == [1, 3]
+    method = method_spec("etegrec")
+    learned = out / "semantic_ids.parquet"
+    model = out / "model.pt"
+    metrics = evaluate_checkpoint(killed, method, model, data_dir, [learned], {}, tmp_path / "m")
+    for key, value in metrics["valid"].items():
+        assert value == pytest.approx(summary["valid"][key], abs=1e-6), key
+    with pytest.raises(DataError, match="semantic"):
+        evaluate_checkpoint(killed, method, model, data_dir, tables, {}, tmp_path / "x")
