@@ -122,6 +122,15 @@ def gather_rows(x: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
+def tokenizer_input(tokenizer_dir: Path) -> Path:
+    """The item vectors a `genrec tokenize` run read (its report names them)."""
+    report = tokenizer_dir / TOKENIZER_REPORT
+    try:
+        return Path(json.loads(report.read_text())["inputs"]["items"])
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(str(report), f"cannot tell which item vectors it read: {err}") from err
+
+
 def ids_digest(ids: np.ndarray) -> str:
     """The digest `genrec evaluate` checks: that of the table file these IDs are written as."""
     return hashlib.sha256(id_table_bytes(ids, "item")).hexdigest()
@@ -140,9 +149,8 @@ class EndToEnd:
             raise DataError(str(path), f"cannot load the pre-trained tokenizer: {err}") from err
         if not isinstance(tokenizer, RQVAE):
             raise DataError(str(path), "ETEGRec trains an RQ-VAE tokenizer (rqvae or letter)")
-        report = json.loads((items_dir.parent / TOKENIZER_REPORT).read_text())
-        self.vectors = torch.from_numpy(load_vectors(Path(report["inputs"]["items"]), num_items))
-        self.vectors = self.vectors.to(device)
+        vectors = load_vectors(tokenizer_input(items_dir.parent), num_items)
+        self.vectors = torch.from_numpy(vectors).to(device)
         self.tokenizer = tokenizer.to(device)
         self.through_all = self.options.sia_gradient is SiaGradient.all
         self.phase: Phase | None = None
@@ -180,9 +188,9 @@ class EndToEnd:
         self.best_ids = self.ids
         examples = loop.examples_per_epoch * self.epochs_of(Phase.tokenizer, Phase.joint)
         steps = max(1, math.ceil(examples / loop.trainer.batch_size))
-        trainer = OmegaConf.merge(
-            loop.trainer, {"lr": self.options.tokenizer_lr, "warmup_steps": 0}
-        )
+        # fp32 whatever the recommender's precision: codeword distances need it.
+        tuning = {"lr": self.options.tokenizer_lr, "warmup_steps": 0, "precision": "fp32"}
+        trainer = OmegaConf.merge(loop.trainer, tuning)
         self.engine = build_engine(
             self.tokenizer, trainer, steps, loop.device, self.tokenizer.param_groups()
         )
@@ -268,8 +276,9 @@ class EndToEnd:
         the decoder's first state against the target's reconstruction."""
         o = self.options
         target_logits = level_logits(codebooks, latent, o.sia_temperature, self.through_all)
-        seq_logits = level_logits(codebooks, seq, o.sia_temperature, self.through_all)
-        return symmetric_kl(seq_logits, target_logits), info_nce(dec, x_hat, o.psa_temperature)
+        seq_logits = level_logits(codebooks, seq.float(), o.sia_temperature, self.through_all)
+        sia = symmetric_kl(seq_logits, target_logits)
+        return sia, info_nce(dec.float(), x_hat, o.psa_temperature)
 
     def after_step(self) -> None:
         """At an optimizer step's end: re-code the items when an epoch that trained the
