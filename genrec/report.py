@@ -1,9 +1,10 @@
 """`run_dir/report.png`: one picture of a run, drawn from the files its stages wrote.
 
-Training loss and validation metrics against steps (train/train.json), code usage per level
-(tokenizer/report.json), and the test results beside the baselines (metrics.json); for a run
-with MTGRec's curriculum, the group weights and influence scores against stages. A panel
-whose stage has not run yet says so.
+Training loss and validation metrics against steps (train/train.json, then finetune/train.json
+where the method fine-tunes), code usage per level (tokenizer/report.json), and the test
+results beside the baselines (metrics.json); for a run with MTGRec's curriculum, the group
+weights and influence scores against stages; for ETEGRec, the share of IDs each re-coding
+changed. A panel whose stage has not run yet says so.
 """
 
 import json
@@ -32,31 +33,52 @@ def _missing(ax: Axes, title: str, what: str) -> None:
     ax.set_axis_off()
 
 
-def _training(ax: Axes, summary: dict[str, Any] | None) -> None:
-    if summary is None:
+def _joined(stages: list[dict[str, Any]]) -> dict[str, Any]:
+    """Training stages (train, then fine-tuning) as one: steps run on across them, and the
+    selected step is the last stage's."""
+    joined: dict[str, Any] = {"train_loss": [], "validations": [], "starts": []}
+    offset = 0
+    for summary in stages:
+        joined["starts"].append(offset)
+        joined["train_loss"] += [[step + offset, loss] for step, loss in summary["train_loss"]]
+        joined["validations"] += [v | {"step": v["step"] + offset} for v in summary["validations"]]
+        joined["best_step"] = summary["best_step"] + offset
+        offset += summary["steps"]
+    return joined
+
+
+def _mark_stages(ax: Axes, starts: list[int]) -> None:
+    for start in starts[1:]:
+        ax.axvline(start, color="black", linewidth=0.8, label="fine-tuning starts")
+
+
+def _training(ax: Axes, run: dict[str, Any] | None) -> None:
+    if run is None:
         return _missing(ax, "loss", "genrec train")
-    if summary.get("train_loss"):
-        steps, losses = zip(*summary["train_loss"], strict=True)
-        ax.plot(steps, losses, label="training loss")
-    validations = summary["validations"]
+    if run["train_loss"]:
+        steps, losses = zip(*run["train_loss"], strict=True)
+        ax.plot(steps, losses, label="training loss (generation)")
+    validations = run["validations"]
     ax.plot(
         [v["step"] for v in validations],
         [v["loss"] for v in validations],
         "o-",
         label="validation loss",
     )
+    _mark_stages(ax, run["starts"])
     ax.set(title="loss", xlabel="optimizer step")
     ax.legend()
 
 
-def _validation(ax: Axes, summary: dict[str, Any] | None) -> None:
-    if summary is None:
+def _validation(ax: Axes, run: dict[str, Any] | None) -> None:
+    if run is None:
         return _missing(ax, "validation", "genrec train")
-    validations = summary["validations"]
+    validations = run["validations"]
     steps = [v["step"] for v in validations]
     for key in TEST_KEYS:
         ax.plot(steps, [v[key] for v in validations], "o-", label=key)
-    ax.axvline(summary["best_step"], color="grey", linestyle=":", label="selected")
+    ax.axvline(run["best_step"], color="grey", linestyle=":", label="selected")
+    _mark_stages(ax, run["starts"])
     ax.set(title="validation", xlabel="optimizer step", ylim=(0, None))
     ax.legend()
 
@@ -106,19 +128,38 @@ def _curriculum(weights_ax: Axes, scores_ax: Axes, curriculum: dict[str, Any]) -
     weights_ax.legend(fontsize=7, ncol=2)
 
 
+def _recoding(ax: Axes, changes: list[dict[str, Any]]) -> None:
+    """ETEGRec: the share of items whose first code and whose ID each re-coding changed."""
+    epochs = [change["epoch"] for change in changes]
+    for key, label in (("id", "ID changed"), ("first_code", "first code changed")):
+        ax.plot(epochs, [change[key] for change in changes], "o-", label=label)
+    ax.set(title="re-coding after tokenizer epochs", xlabel="epoch", ylabel="share of items")
+    ax.set_ylim(0, None)
+    ax.legend()
+
+
 def write_run_report(run_dir: str | Path) -> Path:
     """Draws the report from whatever the run has written so far; returns its path."""
     run_dir = Path(run_dir)
-    summary = _read(artifacts.stage_dir(run_dir, artifacts.TRAIN) / artifacts.TRAIN_SUMMARY)
+    stages = [
+        _read(artifacts.stage_dir(run_dir, stage) / artifacts.TRAIN_SUMMARY)
+        for stage in (artifacts.TRAIN, artifacts.FINETUNE)
+    ]
+    summary = stages[0]
+    run = _joined([s for s in stages if s is not None]) if summary else None
     tokenizer = artifacts.stage_dir(run_dir, artifacts.TOKENIZER) / artifacts.TOKENIZER_REPORT
     metrics = _read(run_dir / artifacts.METRICS)
     curriculum = (summary or {}).get("curriculum")
-    fig = Figure(figsize=(18 if curriculum else 12, 8))
-    axes = fig.subplots(2, 3 if curriculum else 2)
+    recoded = (summary or {}).get("recoded")
+    fig = Figure(figsize=(18 if curriculum or recoded else 12, 8))
+    axes = fig.subplots(2, 3 if curriculum or recoded else 2)
     if curriculum:
         _curriculum(axes[0, 2], axes[1, 2], curriculum)
-    _training(axes[0, 0], summary)
-    _validation(axes[0, 1], summary)
+    elif recoded:
+        _recoding(axes[0, 2], recoded)
+        axes[1, 2].set_axis_off()
+    _training(axes[0, 0], run)
+    _validation(axes[0, 1], run)
     _codes(axes[1, 0], _read(tokenizer))
     _results(axes[1, 1], metrics)
     code = (metrics or summary or {}).get("code") or {}

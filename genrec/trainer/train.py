@@ -361,7 +361,8 @@ class Loop:
         per_rank = [None] * self.world_size
         dist.all_gather_object(per_rank, rates["samples_per_s"])
         meter.reset()
-        self.progress.losses.append([step, terms["loss"]])
+        if "generation" in terms:  # the model's own loss (ETEGRec's tokenizer steps have none)
+            self.progress.losses.append([step, terms["generation"]])
         if writer is None:
             return terms
         for name, value in terms.items():
