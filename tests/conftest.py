@@ -31,6 +31,28 @@ def shared_dataset(*parts: str) -> Path:
     pytest.skip(f"needs {path} (the shared datasets)")
 
 
+def on_train_workers(loop_per_worker, cfg, data_dir, tables, stage, workers, storage, name):
+    """Runs `loop_per_worker(job)` on `workers` Ray Train ranks (gloo), where the job holds the
+    config at ZeRO `stage`, the data folder and the semantic-ID tables, each as plain data."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from genrec.provenance import to_plain
+
+    job = {
+        "cfg": to_plain(cfg) | {"trainer": to_plain(cfg.trainer) | {"zero_stage": stage}},
+        "data": str(data_dir),
+        "tables": [str(t) for t in tables],
+    }
+    TorchTrainer(
+        loop_per_worker,
+        train_loop_config=job,
+        scaling_config=ScalingConfig(num_workers=workers),
+        torch_config=TorchConfig(backend="gloo"),
+        run_config=RunConfig(name=f"{name}-{stage}-{workers}", storage_path=str(storage)),
+    ).fit()
+
+
 @pytest.fixture
 def make_config(tmp_path):
     """A resolved config whose run_dir is this test's temporary folder."""

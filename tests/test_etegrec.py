@@ -23,6 +23,7 @@ from genrec.trainer.end_to_end import (
     symmetric_kl,
 )
 from genrec.trainer.evaluate import evaluate_checkpoint
+from tests.conftest import on_train_workers
 
 TINY = [
     "method=etegrec",
@@ -153,18 +154,8 @@ def _alternate(
     """Two tokenizer steps, the end of that epoch, two recommender steps, on `workers` Ray
     Train + DeepSpeed ranks at ZeRO `stage` (rank r trains rows r, r + workers, ... of each
     batch); what rank 0 saw of the parameters, codes and losses."""
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from genrec.provenance import to_plain
-
     batches = _distinct_target_batches(data_dir, 4, 48)
     out = storage / f"alternate-{workers}-{stage}.json"
-    job = {
-        "cfg": to_plain(cfg) | {"trainer": to_plain(cfg.trainer) | {"zero_stage": stage}},
-        "data": str(data_dir),
-        "tables": [str(t) for t in tables],
-    }
 
     def loop_per_worker(config: dict) -> None:  # a closure: Ray ships it by value
         from genrec.config import config_from_dict
@@ -221,13 +212,7 @@ def _alternate(
         if rank == 0:
             out.write_text(json.dumps(seen))
 
-    TorchTrainer(
-        loop_per_worker,
-        train_loop_config=job,
-        scaling_config=ScalingConfig(num_workers=workers),
-        torch_config=TorchConfig(backend="gloo"),
-        run_config=RunConfig(name=f"alternate-{workers}-{stage}", storage_path=str(storage)),
-    ).fit()
+    on_train_workers(loop_per_worker, cfg, data_dir, tables, stage, workers, storage, "alternate")
     return json.loads(out.read_text())
 
 

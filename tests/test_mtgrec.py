@@ -33,6 +33,7 @@ from genrec.trainer.item_codes import ItemCodes
 from genrec.trainer.model import GenerativeRecommender, ModelConfig
 from genrec.trainer.objective import Batch
 from genrec.trainer.train import initial_model
+from tests.conftest import on_train_workers
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -293,11 +294,7 @@ def _permuted_tables(tokenizer: Path, folder: Path) -> list[Path]:
 def _scores_on(cfg, data_dir: Path, tables: list[Path], storage: Path, stage: int, workers: int):
     """Influence scores after 4 identical optimizer steps, on `workers` Ray Train + DeepSpeed
     ranks at ZeRO `stage` (rank r trains rows r, r + workers, ... of each global batch)."""
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     from genrec.data_pipeline.streaming import TrainExamples, collate
-    from genrec.provenance import to_plain
 
     examples = iter(TrainExamples(data_dir, max_history=50, shuffle_buffer=0))
     batches = []
@@ -305,11 +302,6 @@ def _scores_on(cfg, data_dir: Path, tables: list[Path], storage: Path, stage: in
         batch = collate([next(examples) for _ in range(64)])
         batches.append(batch | {"group": torch.full((64,), step % 2)})
     out = storage / f"scores-{stage}-{workers}.json"
-    job = {
-        "cfg": to_plain(cfg) | {"trainer": to_plain(cfg.trainer) | {"zero_stage": stage}},
-        "data": str(data_dir),
-        "tables": [str(t) for t in tables],
-    }
 
     def loop_per_worker(config: dict) -> None:  # a closure: Ray ships it by value
         from genrec.config import config_from_dict
@@ -330,13 +322,7 @@ def _scores_on(cfg, data_dir: Path, tables: list[Path], storage: Path, stage: in
         if rank == 0:
             out.write_text(json.dumps(scores))
 
-    TorchTrainer(
-        loop_per_worker,
-        train_loop_config=job,
-        scaling_config=ScalingConfig(num_workers=workers),
-        torch_config=TorchConfig(backend="gloo"),
-        run_config=RunConfig(name=f"influence-{stage}-{workers}", storage_path=str(storage)),
-    ).fit()
+    on_train_workers(loop_per_worker, cfg, data_dir, tables, stage, workers, storage, "influence")
     return json.loads(out.read_text())
 
 
