@@ -16,10 +16,12 @@ from genrec.config import load_config
 from genrec.errors import ConfigError, DataError
 from genrec.methods import method_spec
 from genrec.trainer.end_to_end import (
+    Phase,
     first_occurrences,
     gather_rows,
     info_nce,
     level_logits,
+    phase_of,
     symmetric_kl,
 )
 from genrec.trainer.evaluate import evaluate_checkpoint
@@ -80,6 +82,13 @@ def test_sia_reaches_the_latent_through_every_level_or_the_first_only():
         (grad,) = torch.autograd.grad(logits[:, 1:].sum(), latent, allow_unused=True)
         reached = grad is not None and bool(grad.abs().sum() > 0)
         assert reached == later_levels_reach
+
+
+def test_each_cycle_trains_the_tokenizer_first_and_the_ablation_trains_both():
+    t, r, j = Phase.tokenizer, Phase.recommender, Phase.joint
+    assert [phase_of(e, 2, True) for e in range(5)] == [t, r, t, r, t]
+    assert [phase_of(e, 3, True) for e in range(6)] == [t, r, r, t, r, r]
+    assert [phase_of(e, 2, False) for e in range(3)] == [j, j, j]
 
 
 def test_unique_targets_are_first_occurrences_and_one_rank_gathers_itself():

@@ -61,6 +61,14 @@ class Phase(Enum):
     joint = "joint"
 
 
+def phase_of(epoch: int, cycle: int, alternate: bool) -> Phase:
+    """Each cycle's first epoch trains the tokenizer, the rest the recommender; without
+    alternation every epoch trains both."""
+    if not alternate:
+        return Phase.joint
+    return Phase.tokenizer if epoch % cycle == 0 else Phase.recommender
+
+
 def level_logits(
     codebooks: list[Tensor], latent: Tensor, temperature: float, through_all: bool
 ) -> Tensor:
@@ -177,9 +185,7 @@ class EndToEnd:
         return sum(self.phase_of(e) in phases for e in range(self.cfg.trainer.epochs))
 
     def phase_of(self, epoch: int) -> Phase:
-        if not self.options.alternate:
-            return Phase.joint
-        return Phase.tokenizer if epoch % self.options.cycle == 0 else Phase.recommender
+        return phase_of(epoch, self.options.cycle, self.options.alternate)
 
     def start(self, loop: "Loop") -> None:
         """The tokenizer's engine (AdamW at `tokenizer_lr`, cosine over its own steps)."""
