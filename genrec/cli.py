@@ -74,10 +74,23 @@ def tables_summary(cfg: DictConfig, tables_dir: Path) -> str:
     )
 
 
-SUMMARIES: dict[str, Callable[[DictConfig, Path], str]] = {
+def recoding_summary(cfg: DictConfig, train_dir: Path) -> str | None:
+    """ETEGRec: how much each re-coding after a tokenizer epoch changed the IDs."""
+    changes = json.loads((train_dir / artifacts.TRAIN_SUMMARY).read_text()).get("recoded")
+    if not changes:
+        return None
+    shares = ", ".join(f"{change['id']:.1%}" for change in changes)
+    return (
+        f"re-coded after {len(changes)} tokenizer epochs: IDs changed {shares}; first codes "
+        f"{_span([change['first_code'] for change in changes])}"
+    )
+
+
+SUMMARIES: dict[str, Callable[[DictConfig, Path], str | None]] = {
     "data": data_summary,
     "tokenize": tokenizer_summary,
     "retokenize": tables_summary,
+    "train": recoding_summary,
     "evaluate": metrics_summary,
 }
 
@@ -88,8 +101,9 @@ def _run(cfg: DictConfig) -> None:
 
     for stage in method_spec(cfg.method).stages:
         out = getattr(stages, stage)(cfg)
-        if stage in SUMMARIES:
-            print(SUMMARIES[stage](cfg, out), flush=True)
+        summary = SUMMARIES[stage](cfg, out) if stage in SUMMARIES else None
+        if summary:
+            print(summary, flush=True)
 
 
 def _stage(name: str) -> Callable[[DictConfig], None]:
@@ -97,8 +111,9 @@ def _stage(name: str) -> Callable[[DictConfig], None]:
         from genrec import stages
 
         out = getattr(stages, name)(cfg)
-        if name in SUMMARIES:
-            print(SUMMARIES[name](cfg, out))
+        summary = SUMMARIES[name](cfg, out) if name in SUMMARIES else None
+        if summary:
+            print(summary)
         else:
             for path in out.values() if isinstance(out, dict) else [out]:
                 print(path)
@@ -115,7 +130,10 @@ COMMANDS: dict[str, tuple[Callable[[DictConfig], None], str]] = {
         "code the items with every kept tokenizer checkpoint on a Ray actor pool",
     ),
     "train": (_stage("train"), "train the generative recommender (trainer.*)"),
-    "finetune": (_stage("finetune"), "fine-tune the pre-trained model on one table (MTGRec)"),
+    "finetune": (
+        _stage("finetune"),
+        "fine-tune the pre-trained model on fixed IDs (MTGRec, ETEGRec)",
+    ),
     "evaluate": (_stage("evaluate"), "test metrics of the trained model (or evaluate.checkpoint)"),
     "run": (_run, "the method's whole pipeline (default: TIGER on synthetic data)"),
     "config": (lambda cfg: print(describe(cfg)), "print every config key: value and meaning"),
