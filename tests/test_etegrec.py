@@ -15,6 +15,7 @@ from genrec.cluster.train_job import train
 from genrec.config import load_config
 from genrec.errors import ConfigError, DataError
 from genrec.methods import method_spec
+from genrec.provenance import file_digest
 from genrec.trainer.end_to_end import (
     Phase,
     first_occurrences,
@@ -254,30 +255,40 @@ def test_each_phase_trains_its_part_only_recodes_and_two_workers_agree(run, tmp_
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_a_run_killed_in_a_tokenizer_epoch_resumes_there_and_keeps_its_ids(run, tmp_path):
-    """The drill kills a worker inside the second tokenizer epoch; the restarted run resumes
-    from that epoch's checkpoint, re-codes after it, and the selected model evaluates with
-    the IDs written beside it and refuses the pre-trained ones."""
-    _, data_dir, tables = run
+    """`genrec run method=etegrec` with a worker killed inside the second tokenizer epoch: the
+    restarted run resumes from that epoch's checkpoint and re-codes after it; the selected
+    model evaluates with the IDs written beside it and refuses the pre-trained ones; the
+    fine-tuning stage trains on those IDs."""
+    fixture_cfg, data_dir, tables = run
+    run_dir = tmp_path / "run"
+    for stage in ("data", "features", "tokenizer"):
+        shutil.copytree(Path(fixture_cfg.run_dir) / stage, run_dir / stage)
+    examples = json.loads((data_dir / "manifest.json").read_text())["num_train_examples"]
+    steps_per_epoch = math.ceil(examples / 64)
+    fail_at = 2 * steps_per_epoch + steps_per_epoch // 2 + 1
     drill = [
         "cluster.num_workers=2",
         "cluster.max_failures=1",
         "trainer.checkpoint_every=5",
+        f"cluster.fail_at_step={fail_at}",
     ]
-    examples = json.loads((data_dir / "manifest.json").read_text())["num_train_examples"]
-    steps_per_epoch = math.ceil(examples / 64)
-    fail_at = 2 * steps_per_epoch + steps_per_epoch // 2 + 1
-    drill.append(f"cluster.fail_at_step={fail_at}")
-    killed = load_config([], [f"run_dir={tmp_path}", *TINY, *drill])
-    out = train(killed, data_dir, tables, tmp_path / "train")
+    cfg = load_config([], [f"run_dir={run_dir}", *TINY, *drill])
+    results = json.loads(stages.evaluate(cfg).read_text())
+    assert results["method"] == "etegrec" and results["test"]["recall@10"] > 0
+    out = run_dir / "train"
     summary = json.loads((out / "train.json").read_text())
     _, second = summary["attempts"]
     assert 2 * steps_per_epoch <= second["step"] < fail_at  # resumed inside epoch 2
     assert [round(change["epoch"]) for change in summary["recoded"]] == [1, 3]
-    method = method_spec("etegrec")
     learned = out / "semantic_ids.parquet"
+    choice = json.loads((run_dir / "finetune" / "choice.json").read_text())
+    assert choice["table"] == str(learned)
+    tuned = torch.load(run_dir / "finetune" / "model.pt", weights_only=True)
+    assert tuned["semantic_ids"] == [file_digest(learned)]
+    method = method_spec("etegrec")
     model = out / "model.pt"
-    metrics = evaluate_checkpoint(killed, method, model, data_dir, [learned], {}, tmp_path / "m")
+    metrics = evaluate_checkpoint(cfg, method, model, data_dir, [learned], {}, tmp_path / "m")
     for key, value in metrics["valid"].items():
         assert value == pytest.approx(summary["valid"][key], abs=1e-6), key
     with pytest.raises(DataError, match="semantic"):
-        evaluate_checkpoint(killed, method, model, data_dir, tables, {}, tmp_path / "x")
+        evaluate_checkpoint(cfg, method, model, data_dir, tables, {}, tmp_path / "x")
