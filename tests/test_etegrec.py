@@ -270,6 +270,7 @@ def test_a_run_killed_in_a_tokenizer_epoch_resumes_there_and_keeps_its_ids(run, 
         "cluster.num_workers=2",
         "cluster.max_failures=1",
         "trainer.checkpoint_every=5",
+        "trainer.shuffle_buffer=64",  # few rows in flight to read again (see DataPosition)
         f"cluster.fail_at_step={fail_at}",
     ]
     cfg = load_config([], [f"run_dir={run_dir}", *TINY, *drill])
@@ -280,6 +281,8 @@ def test_a_run_killed_in_a_tokenizer_epoch_resumes_there_and_keeps_its_ids(run, 
     _, second = summary["attempts"]
     assert 2 * steps_per_epoch <= second["step"] < fail_at  # resumed inside epoch 2
     assert [round(change["epoch"]) for change in summary["recoded"]] == [1, 3]
+    phases = [(e["epoch"], e["phase"]) for e in summary["phase_epochs"]]
+    assert phases == [(0, "tokenizer"), (1, "recommender"), (2, "tokenizer")]
     learned = out / "semantic_ids.parquet"
     choice = json.loads((run_dir / "finetune" / "choice.json").read_text())
     assert choice["table"] == str(learned)

@@ -141,6 +141,7 @@ class Worker:
             "code_groups": loop.codes.num_groups,
             "curriculum": None if loop.curriculum is None else loop.curriculum.state_dict(),
             "recoded": None if loop.joint is None else loop.joint.changes,
+            "phase_epochs": None if loop.joint is None else loop.joint.epochs,
             "position": self.position.state_dict(),
             "validations": p.history,
             "train_loss": p.losses,

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import math
+import time
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -165,6 +166,8 @@ class EndToEnd:
         self.phase_epoch = 0
         self.finished: Phase | None = None
         self.changes: list[dict[str, Any]] = []
+        self.epochs: list[dict[str, Any]] = []  # each finished epoch's phase and seconds
+        self.epoch_started = 0.0
         self.stable = False
         self.ids = self.best_ids = np.zeros((0, 0), dtype=np.int64)
 
@@ -291,7 +294,18 @@ class EndToEnd:
         tokenizer just ended."""
         finished_epoch = self.phase_epoch
         self.finished, self.phase, self.phase_epoch = self.phase, self.upcoming(), self.epoch()
-        if self.finished is not Phase.recommender and self.phase_epoch != finished_epoch:
+        if self.phase_epoch == finished_epoch:
+            return
+        seconds = self.loop.progress.train_seconds
+        self.epochs.append(
+            {
+                "epoch": finished_epoch,
+                "phase": self.finished.value,
+                "seconds": round(seconds - self.epoch_started, 3),
+            }
+        )
+        self.epoch_started = seconds
+        if self.finished is not Phase.recommender:
             self.recode()
 
     def trained_recommender(self) -> bool:
@@ -303,6 +317,7 @@ class EndToEnd:
         """Every item's new ID, resolved on rank 0 and broadcast; the loop's table and trie
         follow. Stops the alternation once no ID changes (`stop_when_stable`)."""
         loop = self.loop
+        started = time.perf_counter()
         ids = torch.zeros(self.ids.shape, dtype=torch.long, device=loop.device)
         if loop.rank == 0:
             ids.copy_(torch.from_numpy(self.fresh_ids()))
@@ -322,6 +337,7 @@ class EndToEnd:
                 "epoch": loop.epoch(),
                 "first_code": float((ids[:, 0] != self.ids[:, 0]).mean()),
                 "id": changed,
+                "seconds": round(time.perf_counter() - started, 3),
             }
         )
         self.set_ids(ids)
@@ -361,11 +377,14 @@ class EndToEnd:
             "ids": torch.from_numpy(self.ids),
             "best_ids": torch.from_numpy(self.best_ids),
             "changes": self.changes,
+            "epochs": self.epochs,
+            "epoch_started": self.epoch_started,
             "stable": self.stable,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.changes, self.stable = state["changes"], state["stable"]
+        self.epochs, self.epoch_started = state["epochs"], state["epoch_started"]
         self.best_ids = state["best_ids"].numpy()
         self.set_ids(state["ids"].numpy())
         self.phase = None
