@@ -254,13 +254,17 @@ def test_each_phase_trains_its_part_only_recodes_and_two_workers_agree(run, tmp_
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
-def test_a_run_killed_in_a_tokenizer_epoch_resumes_there_and_keeps_its_ids(run, tmp_path):
+def test_a_run_killed_in_a_tokenizer_epoch_resumes_there_and_keeps_its_ids(
+    run, tmp_path, monkeypatch
+):
     """`genrec run method=etegrec` with a worker killed inside the second tokenizer epoch: the
     restarted run resumes from that epoch's checkpoint and re-codes after it; the selected
     model evaluates with the IDs written beside it and refuses the pre-trained ones; the
-    fine-tuning stage trains on those IDs."""
+    fine-tuning stage trains on those IDs. The run folder is relative, as README's is: the
+    workers, which run elsewhere, find every input."""
     fixture_cfg, data_dir, tables = run
-    run_dir = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    run_dir = Path("run")
     for stage in ("data", "features", "tokenizer"):
         shutil.copytree(Path(fixture_cfg.run_dir) / stage, run_dir / stage)
     examples = json.loads((data_dir / "manifest.json").read_text())["num_train_examples"]
@@ -285,7 +289,7 @@ def test_a_run_killed_in_a_tokenizer_epoch_resumes_there_and_keeps_its_ids(run, 
     assert phases == [(0, "tokenizer"), (1, "recommender"), (2, "tokenizer")]
     learned = out / "semantic_ids.parquet"
     choice = json.loads((run_dir / "finetune" / "choice.json").read_text())
-    assert choice["table"] == str(learned)
+    assert Path(choice["table"]).absolute() == learned.absolute()
     tuned = torch.load(run_dir / "finetune" / "model.pt", weights_only=True)
     assert tuned["semantic_ids"] == [file_digest(learned)]
     method = method_spec("etegrec")

@@ -77,8 +77,8 @@ def pool_codes(
     coded = work.map_batches(
         BlockEncoder,
         fn_constructor_kwargs={
-            "checkpoints": [str(p) for p in checkpoints],
-            "vectors": str(vectors_path),
+            "checkpoints": [str(Path(p).absolute()) for p in checkpoints],
+            "vectors": str(Path(vectors_path).absolute()),
             "cfg": to_plain(cfg.tokenizer),
             "distances": sinkhorn,
         },

@@ -255,6 +255,7 @@ def train(cfg: DictConfig, data_dir: Path, tables: list[Path], out_dir: Path) ->
         context.enable_progress_bars = False  # the training bar says enough
         context.execution_options.preserve_order = True  # the same seed, the same run
         board = start_board()
+        # Paths handed to Ray are absolute: its workers run in folders of their own.
         job = {
             "cfg": to_plain(cfg),
             "data_dir": str(Path(data_dir).absolute()),
@@ -263,6 +264,7 @@ def train(cfg: DictConfig, data_dir: Path, tables: list[Path], out_dir: Path) ->
             "board": board,
             "storage": str(storage / name),
         }
+        stream = training_stream(job["data_dir"], cfg.trainer.epochs, cfg.seed, board)
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=job,
@@ -278,7 +280,7 @@ def train(cfg: DictConfig, data_dir: Path, tables: list[Path], out_dir: Path) ->
                 failure_config=FailureConfig(max_failures=cluster.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.trainer.keep_checkpoints),
             ),
-            datasets={"train": training_stream(data_dir, cfg.trainer.epochs, cfg.seed, board)},
+            datasets={"train": stream},
             dataset_config=EveryRowSplit(),
         )
         try:

@@ -191,6 +191,16 @@ def fit_and_tokenize(
     return report
 
 
+def run_relative(path: Path, run_dir: Path) -> str:
+    """A path as the report records it: relative to the run folder when inside it (Ray workers
+    run elsewhere, and the folder may move), else absolute."""
+    path = Path(path).absolute()
+    try:
+        return str(path.relative_to(Path(run_dir).absolute()))
+    except ValueError:
+        return str(path)
+
+
 def tokenize(
     cfg: DictConfig, data_fingerprint: str, inputs: dict[str, Path], out_dir: Path
 ) -> Path:
@@ -217,7 +227,7 @@ def tokenize(
         report.update(
             {
                 "fingerprint": key,
-                "inputs": {k: str(v) for k, v in inputs.items()},
+                "inputs": {k: run_relative(v, out_dir.parent) for k, v in inputs.items()},
                 "config": to_plain(cfg),
                 "code": code_version(),
             }

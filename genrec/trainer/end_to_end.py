@@ -132,12 +132,20 @@ def gather_rows(x: Tensor) -> Tensor:
 
 
 def tokenizer_input(tokenizer_dir: Path) -> Path:
-    """The item vectors a `genrec tokenize` run read (its report names them)."""
+    """The item vectors a `genrec tokenize` run read: its report names them, relative to the
+    run folder (or absolute)."""
     report = tokenizer_dir / TOKENIZER_REPORT
     try:
-        return Path(json.loads(report.read_text())["inputs"]["items"])
+        path = tokenizer_dir.parent / json.loads(report.read_text())["inputs"]["items"]
     except (OSError, ValueError, KeyError) as err:
         raise DataError(str(report), f"cannot tell which item vectors it read: {err}") from err
+    if not path.exists():
+        raise DataError(
+            str(report),
+            f"names item vectors {path} that are not there; move them back, or delete "
+            f"{tokenizer_dir} to tokenize again",
+        )
+    return path
 
 
 def ids_digest(ids: np.ndarray) -> str:
