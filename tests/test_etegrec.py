@@ -254,6 +254,42 @@ def test_each_phase_trains_its_part_only_recodes_and_two_workers_agree(run, tmp_
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
+def test_without_alternation_every_step_trains_both_parts(run, tmp_path):
+    """The paper's ablation: each optimizer step updates the tokenizer and the recommender,
+    each with its own engine, from the same batch."""
+    _, data_dir, tables = run
+    cfg = load_config([], [f"run_dir={tmp_path}", *TINY, "trainer.etegrec.alternate=false"])
+    batches = _distinct_target_batches(data_dir, 2, 64)
+    out = tmp_path / "joint.json"
+
+    def loop_per_worker(config: dict) -> None:  # a closure: Ray ships it by value
+        from genrec.config import config_from_dict
+        from genrec.trainer.train import Loop
+
+        torch.set_num_threads(1)
+        cfg = config_from_dict(config["cfg"])
+        tables = [Path(t) for t in config["tables"]]
+        loop = Loop(cfg, Path(config["data"]), tables, "joint", method_spec("etegrec"))
+        model = {k: v.clone() for k, v in loop.engine.module.state_dict().items()}
+        tokenizer = {k: v.clone() for k, v in loop.joint.tokenizer.state_dict().items()}
+        terms = [sorted(loop.micro_step(rows)) for rows in batches]
+        moved = [
+            any(not torch.equal(before[k], after[k]) for k in before)
+            for before, after in (
+                (model, loop.engine.module.state_dict()),
+                (tokenizer, loop.joint.tokenizer.state_dict()),
+            )
+        ]
+        out.write_text(json.dumps({"terms": terms, "moved": moved, "steps": loop.engine_steps()}))
+
+    on_train_workers(loop_per_worker, cfg, data_dir, tables, 0, 1, tmp_path, "joint")
+    seen = json.loads(out.read_text())
+    assert seen["moved"] == [True, True] and seen["steps"] == 4  # 2 batches x 2 engines
+    assert seen["terms"][0] == ["generation", "loss", "psa", "sia", "vq"]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
 def test_a_run_killed_in_a_tokenizer_epoch_resumes_there_and_keeps_its_ids(
     run, tmp_path, monkeypatch
 ):

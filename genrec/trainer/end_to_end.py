@@ -247,7 +247,8 @@ class EndToEnd:
         target, seq, dec = self.alignment_rows(batch.target, seq, dec)
         with torch.no_grad():
             x_hat, quantized = self.tokenizer.quantize(self.vectors[target])
-        codebooks = [level.weight.detach() for level in self.tokenizer.quantizer.levels]
+        # Copies: without alternation the tokenizer steps before this loss's backward.
+        codebooks = [level.weight.detach().clone() for level in self.tokenizer.quantizer.levels]
         sia, psa = self.alignment(codebooks, quantized["residuals"][0], x_hat, seq, dec)
         # Gathered rows: each rank's gradient reaches only its own rows, so the ranks' mean
         # gradient is 1/world of the whole; scaling by the world size restores it.
