@@ -319,8 +319,10 @@ def _scores_on(cfg, data_dir: Path, tables: list[Path], storage: Path, stage: in
         loop.eval_model.load_state_dict(loop.engine.module.state_dict())
         loop.eval_model.eval()
         scores = loop.curriculum.scores(loop)
+        loop.curriculum.settings.batch_items = 8  # the same sums, batched otherwise
+        rebatched = loop.curriculum.scores(loop)
         if rank == 0:
-            out.write_text(json.dumps(scores))
+            out.write_text(json.dumps([scores, rebatched]))
 
     on_train_workers(loop_per_worker, cfg, data_dir, tables, stage, workers, storage, "influence")
     return json.loads(out.read_text())
@@ -330,15 +332,16 @@ def _scores_on(cfg, data_dir: Path, tables: list[Path], storage: Path, stage: in
 @pytest.mark.usefixtures("ray_cluster")
 def test_influence_on_one_and_two_workers_agrees(run, tmp_path):
     """The same model and optimizer state score the groups the same on 1 and 2 ranks, at
-    ZeRO 0 and 2 (moments assembled from the partitions)."""
+    ZeRO 0 and 2 (moments assembled from the partitions), and in batches of any size."""
     cfg, tokenizer = run
     cfg.trainer.micro_batch_size = None
     tables = _permuted_tables(tokenizer, tmp_path)
     data_dir = stages.data(cfg)
-    reference = _scores_on(cfg, data_dir, tables, tmp_path, 0, 1)
+    reference, rebatched = _scores_on(cfg, data_dir, tables, tmp_path, 0, 1)
     assert reference[0] != reference[1]
+    assert rebatched == pytest.approx(reference, rel=1e-4, abs=1e-5)
     for stage, workers in ((0, 2), (2, 2)):
-        scores = _scores_on(cfg, data_dir, tables, tmp_path, stage, workers)
+        scores, _ = _scores_on(cfg, data_dir, tables, tmp_path, stage, workers)
         print(f"ZeRO-{stage}, {workers} workers: {scores} vs {reference}")
         assert scores == pytest.approx(reference, rel=1e-3, abs=1e-4)
 

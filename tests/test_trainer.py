@@ -10,7 +10,7 @@ import torch
 
 from genrec.config import load_config
 from genrec.data_pipeline.prepared import EvalSet
-from genrec.data_pipeline.streaming import length_grouped
+from genrec.data_pipeline.streaming import length_batches, length_grouped
 from genrec.errors import ConfigError, DataError
 from genrec.trainer.config import batch_plan
 from genrec.trainer.engine import deepspeed_config, warmup_cosine
@@ -106,6 +106,21 @@ def test_length_grouped_batches_cut_padding_and_keep_every_example():
         16 * max(len(ex["history"]) for ex in examples[i : i + 16]) for i in range(0, 500, 16)
     )
     assert pad < 0.7 * random_pad
+
+
+def test_length_batches_keep_every_example_within_the_item_budget():
+    lengths = np.random.default_rng(0).integers(0, 50, 300)
+    examples = [{"history": np.arange(n), "target": i} for i, n in enumerate(lengths)]
+    batches = list(length_batches(examples, 128))
+    assert sorted(ex["target"] for b in batches for ex in b) == list(range(300))
+    for batch in batches:
+        width = max(max(len(ex["history"]) for ex in batch), 1)
+        assert len(batch) * width <= 128
+    widths = [len(b[-1]["history"]) for b in batches]
+    assert widths == sorted(widths)
+    (whole,) = length_batches(examples, 10**6)
+    assert len(whole) == 300
+    assert [len(b) for b in length_batches(examples[:3], 1)] == [1, 1, 1]
 
 
 def test_left_padded_keeps_the_newest_item_last():

@@ -30,6 +30,15 @@ class EvalSet:
         offsets, history = ragged_gather(self.history, starts, stops)
         return EvalSet(self.name, self.users[rows], offsets, history, self.targets[rows])
 
+    def examples(self) -> list[dict[str, Any]]:
+        """The rows as training-style examples (user, history, target)."""
+        return [
+            {"user": int(u), "history": self.history[a:b], "target": int(t)}
+            for u, a, b, t in zip(
+                self.users, self.offsets[:-1], self.offsets[1:], self.targets, strict=True
+            )
+        ]
+
     def subsample(self, users: int, seed: int) -> "EvalSet":
         """A fixed random subset (all of it when users <= 0), order kept."""
         if users <= 0 or users >= self.users.size:

@@ -149,6 +149,23 @@ def length_grouped(
             yield batches[index]
 
 
+def length_batches(examples: list[Example], max_items: int) -> Iterator[list[Example]]:
+    """All the examples, shortest history first, cut into batches of at most `max_items`
+    padded history items (at least one example each): a fixed sample scored once, where a
+    random batch would pad a few long histories into every row."""
+    batch: list[Example] = []
+    width = 0
+    for ex in sorted(examples, key=lambda ex: len(ex["history"])):
+        wider = max(width, len(ex["history"]), 1)
+        if batch and (len(batch) + 1) * wider > max_items:
+            yield batch
+            batch, wider = [], max(len(ex["history"]), 1)
+        batch.append(ex)
+        width = wider
+    if batch:
+        yield batch
+
+
 def ray_eval_examples(data_dir: str | Path, split: str) -> "ray.data.Dataset":
     """The leave-one-out `valid` or `test` examples (user, history, target) as a Ray Dataset."""
     import ray.data

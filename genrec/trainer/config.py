@@ -54,10 +54,11 @@ class CurriculumConfig:
     train_examples: int = option(512, "training examples each group's gradient is taken on")
     valid_examples: int = option(1024, "validation examples (mixed over the groups)")
     projection_dim: int = option(0, "random projection of the gradients (0: exact dot products)")
+    batch_items: int = option(1024, "padded history items per batch of the estimate")
 
     def check(self) -> None:
         positive(self, "tau")
-        at_least(self, 1, "train_examples", "valid_examples")
+        at_least(self, 1, "train_examples", "valid_examples", "batch_items")
         at_least(self, 0, "projection_dim")
         if any(epochs <= 0 for epochs in self.stage_epochs):
             raise Invalid("stage_epochs", f"must all be positive, got {self.stage_epochs}")

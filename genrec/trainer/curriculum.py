@@ -5,7 +5,8 @@ A stage ends after its epochs (`trainer.curriculum.stage_epochs`: a warm-up, the
 stages in the paper); the weights then hold until the next one ends, and after the last until
 the run ends. An estimate reads a fixed subsample of training examples in every group and of
 validation examples mixed over the groups, each rank its share, so its cost is
-G x train_examples + valid_examples forward-backward passes however long the epoch. The
+G x train_examples + valid_examples forward-backward passes however long the epoch, in batches
+cut by history length (a random batch of prefix examples is mostly padding). The
 curriculum is a named state of every checkpoint: weights, stage, scores and learning rates.
 Which group an example is read in is a pure function of the seed, the example and the weights
 (genrec/data_pipeline/ray_ingest.py), so a resumed run draws exactly as the lost one would.
@@ -14,6 +15,7 @@ Which group an example is read in is a pure function of the seed, the example an
 import itertools
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,9 +25,13 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from genrec.data_pipeline.prepare import load_manifest
-from genrec.data_pipeline.prepared import EvalSet, load_eval_set
-from genrec.data_pipeline.streaming import TrainExamples, collate, prefix_examples
-from genrec.trainer.evaluate import eval_batches
+from genrec.data_pipeline.prepared import load_eval_set
+from genrec.data_pipeline.streaming import (
+    TrainExamples,
+    collate,
+    length_batches,
+    prefix_examples,
+)
 from genrec.trainer.influence import Projection, adam_direction, group_weights, mean_gradient
 from genrec.trainer.objective import Batch
 
@@ -100,8 +106,9 @@ class Curriculum:
         )
         valid = load_eval_set(data_dir, "valid").subsample(self.settings.valid_examples, cfg.seed)
         mine = np.arange(loop.rank, valid.users.size, loop.world_size)
-        self.valid: EvalSet = valid.take(mine)
-        self.valid_groups = mine % groups  # mixed over the groups, whatever the world size
+        self.valid = valid.take(mine).examples()
+        for ex, row in zip(self.valid, mine, strict=True):
+            ex["group"] = int(row % groups)  # mixed over the groups, whatever the world size
         self.projection = Projection(self.settings.projection_dim, cfg.seed)
 
     def weights(self) -> np.ndarray:
@@ -112,29 +119,27 @@ class Curriculum:
         stage = self.state.stage
         return stage < len(self.boundaries) and samples >= self.boundaries[stage]
 
-    def train_batches(self, loop: "Loop", group: int) -> list[Batch]:
-        mine = self.train[loop.rank :: loop.world_size]
-        size = loop.cfg.evaluate.batch_size
-        batches = []
-        for start in range(0, len(mine), size):
-            rows = collate(mine[start : start + size])
-            rows["group"] = torch.full_like(rows["target"], group)
-            batches.append(Batch.coded(rows, loop.codes, loop.device))
-        return batches
+    def batches(self, loop: "Loop", examples: list[dict], group: int | None) -> Iterator[Batch]:
+        """The examples in length-sorted batches, read in `group` (None: each its own)."""
+        for chunk in length_batches(examples, self.settings.batch_items):
+            rows = collate(chunk)
+            groups = [ex["group"] if group is None else group for ex in chunk]
+            rows["group"] = torch.tensor(groups, dtype=torch.long)
+            yield Batch.coded(rows, loop.codes, loop.device)
 
     def scores(self, loop: "Loop") -> list[float]:
         """Each group's influence now: Adam direction of its training gradient . validation
         gradient (a collective)."""
         model, objective, device = loop.eval_model, loop.objective, loop.device
-        size = loop.cfg.evaluate.batch_size
-        valid = eval_batches(self.valid, loop.codes, size, groups=self.valid_groups)
-        target = self.projection(mean_gradient(model, objective, (b for _, b in valid), device))
+        valid = self.batches(loop, self.valid, None)
+        target = self.projection(mean_gradient(model, objective, valid, device))
+        train = self.train[loop.rank :: loop.world_size]
         avg, avg_sq = moments(loop.engine)
         betas = loop.engine.optimizer.param_groups[0]["betas"]
         eps = loop.engine.optimizer.param_groups[0]["eps"]
         out = []
         for g in range(loop.codes.num_groups):
-            grad = mean_gradient(model, objective, self.train_batches(loop, g), device)
+            grad = mean_gradient(model, objective, self.batches(loop, train, g), device)
             direction = adam_direction(grad, avg, avg_sq, betas, eps)
             out.append(float(self.projection(direction) @ target))
         return out
@@ -154,15 +159,21 @@ class Curriculum:
         s.weights = group_weights(s.scores, s.lrs, tau, normalize).tolist()
         s.stage += 1
         seconds = time.perf_counter() - started
+        p = loop.progress
         record = {
             "stage": s.stage,
-            "step": loop.progress.step,
+            "step": p.step,
             "epoch": loop.epoch(),
             "lr": s.lrs[-1],
             "scores": scores,
             "weights": s.weights,
             "seconds": round(seconds, 3),
+            "samples": p.samples,
+            "train_seconds": round(p.train_seconds, 3),
         }
+        last = s.stages[-1] if s.stages else {"samples": 0, "train_seconds": 0.0}
+        trained = (p.train_seconds - last["train_seconds"]) / max(p.samples - last["samples"], 1)
+        record["share_of_epoch"] = round(seconds / (trained * loop.examples_per_epoch), 4)
         s.stages.append(record)
         if writer is not None:
             for g, (score, weight) in enumerate(zip(scores, s.weights, strict=True)):
@@ -171,7 +182,14 @@ class Curriculum:
             writer.add_scalar("curriculum/seconds", seconds, loop.progress.step)
         if loop.rank == 0:
             shown = " ".join(f"{w:.3f}" for w in s.weights)
-            log.info("curriculum stage %d (epoch %.2f): weights %s", s.stage, loop.epoch(), shown)
+            log.info(
+                "curriculum stage %d (epoch %.2f; estimate %.1f s, %.1f%% of an epoch): weights %s",
+                s.stage,
+                loop.epoch(),
+                seconds,
+                100 * record["share_of_epoch"],
+                shown,
+            )
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self.state)
