@@ -39,7 +39,7 @@ class EvalSet:
             )
         ]
 
-    def subsample(self, users: int, seed: int) -> "EvalSet":
+    def subsample(self, users: int, seed: int | list[int]) -> "EvalSet":
         """A fixed random subset (all of it when users <= 0), order kept."""
         if users <= 0 or users >= self.users.size:
             return self

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from genrec.schema import Invalid, at_least, device_name, option, positive
+from genrec.trainer.retrieval import Similarity
 
 
 class Precision(Enum):
@@ -51,8 +52,8 @@ class CurriculumConfig:
     normalize: bool = option(
         True, "min-max scale the scores to [0, 1] first, so tau means the same at any scale"
     )
-    train_examples: int = option(512, "training examples each group's gradient is taken on")
-    valid_examples: int = option(1024, "validation examples (mixed over the groups)")
+    train_examples: int = option(192, "training examples each group's gradient is taken on")
+    valid_examples: int = option(384, "validation examples (mixed over the groups)")
     projection_dim: int = option(0, "random projection of the gradients (0: exact dot products)")
     batch_items: int = option(1024, "padded history items per batch of the estimate")
 
@@ -110,6 +111,32 @@ class EtegrecConfig:
         positive(self, "sia_temperature", "psa_temperature", "tokenizer_lr")
 
 
+class RetrievalLoss(Enum):
+    """TokenRec's training signal: softmax over the target and sampled items (in-batch targets
+    plus uniform negatives), or the paper's cosine embedding loss against sampled negatives."""
+
+    softmax = "softmax"
+    cosine = "cosine"
+
+
+@dataclass
+class TokenrecConfig:
+    """TokenRec's preference vector against the items' LightGCN vectors."""
+
+    loss: RetrievalLoss = option(RetrievalLoss.softmax, "softmax (sampled) or cosine (paper)")
+    negatives: int = option(256, "uniform negative items per micro-batch (softmax) or example")
+    temperature: float = option(0.1, "softmax temperature of the cosine scores")
+    margin: float = option(0.0, "cosine loss: negatives count above this similarity")
+    user_tokens: bool = option(True, "read the user's MQ tokens before the history")
+    similarity: Similarity = option(Similarity.cosine, "retrieval score: cosine or dot")
+
+    def check(self) -> None:
+        at_least(self, 1, "negatives")
+        positive(self, "temperature")
+        if not -1.0 <= self.margin < 1.0:
+            raise Invalid("margin", f"must be in [-1, 1), got {self.margin}")
+
+
 @dataclass
 class TrainerConfig:
     """Optimisation on a DeepSpeed engine; `batch_size` is global (all workers, all micro-steps).
@@ -145,6 +172,7 @@ class TrainerConfig:
     init_from: str | None = option(None, "a model.pt whose weights training starts from")
     curriculum: CurriculumConfig = option(CurriculumConfig, "MTGRec's curriculum over groups")
     etegrec: EtegrecConfig = option(EtegrecConfig, "ETEGRec's tokenizer trained alongside")
+    tokenrec: TokenrecConfig = option(TokenrecConfig, "TokenRec's retrieval head and loss")
 
     def check(self) -> None:
         device_name(self, "device")

@@ -3,11 +3,12 @@ validation loss re-weights how often training examples are read in it.
 
 A stage ends after its epochs (`trainer.curriculum.stage_epochs`: a warm-up, then equal
 stages in the paper); the weights then hold until the next one ends, and after the last until
-the run ends. An estimate reads a fixed subsample of training examples in every group and of
-validation examples mixed over the groups, each rank its share, so its cost is
-G x train_examples + valid_examples forward-backward passes however long the epoch, in batches
-cut by history length (a random batch of prefix examples is mostly padding). The
-curriculum is a named state of every checkpoint: weights, stage, scores and learning rates.
+the run ends. An estimate reads a subsample of training examples in every group and of
+validation examples mixed over the groups, each rank its share, drawn afresh for each stage
+(seeded by it), so its cost is G x train_examples + valid_examples forward-backward passes
+however long the epoch, in batches cut by history length (a random batch of prefix examples is
+mostly padding). The curriculum is a named state of every checkpoint: weights, stage, scores
+and learning rates.
 Which group an example is read in is a pure function of the seed, the example and the weights
 (genrec/data_pipeline/ray_ingest.py), so a resumed run draws exactly as the lost one would.
 """
@@ -41,10 +42,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def influence_sample(data_dir: Path, max_history: int, count: int, seed: int) -> list[dict]:
-    """`count` training examples drawn once, uniformly and seeded, in one pass over the shards."""
+def influence_sample(
+    data_dir: Path, max_history: int, count: int, seed: int, stage: int = 0
+) -> list[dict]:
+    """`count` training examples drawn uniformly, seeded by the seed and the stage, in one pass
+    over the shards."""
     total = load_manifest(data_dir)["num_train_examples"]
-    chosen = np.sort(np.random.default_rng([seed, 7]).choice(total, min(count, total), False))
+    rng = np.random.default_rng([seed, 7, stage])
+    chosen = np.sort(rng.choice(total, min(count, total), False))
     stream = TrainExamples(data_dir, max_history, seed=seed, shuffle_buffer=0)
     examples = (
         ex for user, seq in stream.sequences() for ex in prefix_examples(user, seq, max_history)
@@ -101,15 +106,22 @@ class Curriculum:
         self.state = CurriculumState(weights=[1 / groups] * groups)
         ends = itertools.accumulate(self.settings.stage_epochs)
         self.boundaries = [round(end * loop.examples_per_epoch) for end in ends]
-        self.train = influence_sample(
-            data_dir, cfg.data.max_history, self.settings.train_examples, cfg.seed
-        )
-        valid = load_eval_set(data_dir, "valid").subsample(self.settings.valid_examples, cfg.seed)
-        mine = np.arange(loop.rank, valid.users.size, loop.world_size)
-        self.valid = valid.take(mine).examples()
-        for ex, row in zip(self.valid, mine, strict=True):
-            ex["group"] = int(row % groups)  # mixed over the groups, whatever the world size
+        self.data_dir, self.max_history = data_dir, cfg.data.max_history
+        self.valid_split = load_eval_set(data_dir, "valid")
         self.projection = Projection(self.settings.projection_dim, cfg.seed)
+
+    def samples(self, loop: "Loop", stage: int) -> tuple[list[dict], list[dict]]:
+        """This rank's share of a stage's training and validation examples, drawn afresh for
+        each stage: the scores accumulated over stages then average over that many samples."""
+        count = self.settings.train_examples
+        train = influence_sample(self.data_dir, self.max_history, count, self.seed, stage)
+        valid = self.valid_split.subsample(self.settings.valid_examples, [self.seed, stage])
+        mine = np.arange(loop.rank, valid.users.size, loop.world_size)
+        groups = loop.codes.num_groups
+        examples = valid.take(mine).examples()
+        for ex, row in zip(examples, mine, strict=True):
+            ex["group"] = int(row % groups)  # mixed over the groups, whatever the world size
+        return train[loop.rank :: loop.world_size], examples
 
     def weights(self) -> np.ndarray:
         return np.asarray(self.state.weights)
@@ -131,9 +143,10 @@ class Curriculum:
         """Each group's influence now: Adam direction of its training gradient . validation
         gradient (a collective)."""
         model, objective, device = loop.eval_model, loop.objective, loop.device
-        valid = self.batches(loop, self.valid, None)
-        target = self.projection(mean_gradient(model, objective, valid, device))
-        train = self.train[loop.rank :: loop.world_size]
+        train, valid = self.samples(loop, self.state.stage)
+        target = self.projection(
+            mean_gradient(model, objective, self.batches(loop, valid, None), device)
+        )
         avg, avg_sq = moments(loop.engine)
         betas = loop.engine.optimizer.param_groups[0]["betas"]
         eps = loop.engine.optimizer.param_groups[0]["eps"]
