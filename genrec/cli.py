@@ -24,11 +24,17 @@ def _row(name: str, metrics: dict[str, float]) -> str:
 
 
 def results_table(result: dict) -> str:
-    """Test-split metrics of the model and its baselines, one row each."""
-    lines = [f"{'test':<22}" + "".join(f"{key:>11}" for key in RESULT_COLUMNS)]
-    lines.append(_row(f"genrec {result['method']}", result["test"]))
-    for name, baseline in result["baselines"].items():
-        lines.append(_row(name, baseline["test"]))
+    """Test-split metrics of the model and its baselines, one row each; then those on users
+    held out of training, where the data has them (baselines that can rank them)."""
+    lines = []
+    for split in ("test", "holdout"):
+        if split not in result:
+            continue
+        lines.append(f"{split:<22}" + "".join(f"{key:>11}" for key in RESULT_COLUMNS))
+        lines.append(_row(f"genrec {result['method']}", result[split]))
+        for name, baseline in result["baselines"].items():
+            if split in baseline:
+                lines.append(_row(name, baseline[split]))
     return "\n".join(lines)
 
 

@@ -84,10 +84,13 @@ def tokenizer_inputs(cfg: DictConfig) -> dict[str, Path]:
     """The vector files the configured tokenizer reads (computing them if needed)."""
     if cfg.tokenizer.name is TokenizerName.mq:
         folder = lightgcn(cfg)
-        return {
+        inputs = {
             "items": folder / artifacts.ITEM_EMBEDDINGS,
             "users": folder / artifacts.USER_EMBEDDINGS,
         }
+        if (folder / artifacts.HOLDOUT_USER_EMBEDDINGS).exists():
+            inputs["unseen_users"] = folder / artifacts.HOLDOUT_USER_EMBEDDINGS
+        return inputs
     sources = {
         TokenizerInput.text: lambda: text_features(cfg) / artifacts.EMBEDDINGS,
         TokenizerInput.sasrec: lambda: sasrec(cfg) / artifacts.ITEM_EMBEDDINGS,

@@ -54,7 +54,7 @@ def test_bad_data_is_a_clear_error(tmp_path):
     [
         ("cluster.num_workers=3", "trainer.batch_size"),
         ("trainer.zero_stage=4", "trainer.zero_stage"),
-        ("method=tokenrec", "method"),
+        ("method=hstu", "method"),
     ],
 )
 def test_a_config_that_cannot_work_fails_before_anything_runs(tmp_path, override, key):

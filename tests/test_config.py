@@ -32,7 +32,7 @@ def test_yaml_then_overrides_in_order(tmp_path):
         ("data.format=parquet_files", "data.format"),
         ("data.min_user_interactions=2", "data.min_user_interactions"),
         ("data.users_per_shard=0", "data.users_per_shard"),
-        ("method=tokenrec", "method"),
+        ("method=hstu", "method"),
         ("trainer.zero_stage=4", "trainer.zero_stage"),
         ("cluster.num_workers=3", "trainer.batch_size"),
         ("trainer.micro_batch_size=100", "trainer.micro_batch_size"),

@@ -202,7 +202,7 @@ def test_partly_padded_item_and_float_codes_are_rejected():
         model.encode(history)
     with pytest.raises(ValueError, match="int64"):
         tiny_model().encode(padded_batch()[0].float())
-    with pytest.raises(ValueError, match=r"num_user_buckets > 0 needs user"):
+    with pytest.raises(ValueError, match=r"reads the users. ids: an int64 tensor of shape \[3\]"):
         tiny_model(num_user_buckets=4).encode(padded_batch()[0])
 
 

@@ -228,6 +228,27 @@ def test_influence_parts():
         group_weights([[1.0]], [1.0], tau=0.0)
 
 
+def test_influence_sample_builds_exactly_the_drawn_examples(make_config):
+    from genrec.data_pipeline.prepare import load_manifest
+    from genrec.data_pipeline.streaming import TrainExamples, prefix_examples
+    from genrec.trainer.curriculum import influence_sample
+
+    cfg = make_config("data.synthetic.num_users=200", "data.users_per_shard=40")
+    data_dir = stages.data(cfg)
+    stream = TrainExamples(data_dir, 5, shuffle_buffer=0)
+    every = [ex for user, seq in stream.sequences() for ex in prefix_examples(user, seq, 5)]
+    assert len(every) == load_manifest(data_dir)["num_train_examples"]
+    first, second = (influence_sample(data_dir, 5, 60, 0, stage) for stage in (0, 1))
+    for stage, sample in enumerate((first, second)):
+        rng = np.random.default_rng([0, 7, stage])
+        chosen = np.sort(rng.choice(len(every), 60, False))
+        wanted = [every[i] for i in chosen]
+        assert [(ex["user"], ex["target"], ex["history"].tolist()) for ex in sample] == [
+            (ex["user"], ex["target"], ex["history"].tolist()) for ex in wanted
+        ]
+    assert [ex["target"] for ex in first] != [ex["target"] for ex in second]
+
+
 def test_fine_tuning_starts_from_saved_weights_with_room_for_its_codes(tmp_path):
     config = ModelConfig.preset("tiny", num_levels=3, codebook_size=16, dedup_size=6)
     model = GenerativeRecommender(config)

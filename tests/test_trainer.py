@@ -88,8 +88,8 @@ def test_method_defaults_sit_under_user_settings():
     mine = load_config([], ["trainer.temperature=1.1", "method=letter"])
     assert mine.trainer.temperature == 1.1 and mine.tokenizer.name.name == "letter"
     assert load_config([]).tokenizer.name.name == "rqvae"
-    with pytest.raises(ConfigError, match="config key 'method' is 'tokenrec'; choose one of"):
-        load_config([], ["method=tokenrec"])
+    with pytest.raises(ConfigError, match="config key 'method' is 'hstu'; choose one of"):
+        load_config([], ["method=hstu"])
 
 
 def test_length_grouped_batches_cut_padding_and_keep_every_example():

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from genrec.artifacts import ITEM_EMBEDDINGS, USER_EMBEDDINGS
+from genrec.artifacts import HOLDOUT_USER_EMBEDDINGS, ITEM_EMBEDDINGS, USER_EMBEDDINGS
 from genrec.cf.training import split_batches, train_cf_model
 from genrec.data_pipeline.prepared import EvalSet, PreparedData
 
@@ -35,6 +35,22 @@ def normalized_adjacency(
     indices = torch.from_numpy(np.stack([rows, cols]))
     values = torch.from_numpy(inv_sqrt[rows] * inv_sqrt[cols])
     return torch.sparse_coo_tensor(indices, values, (size, size), check_invariants=True).coalesce()
+
+
+def unseen_users(
+    split: EvalSet, first_user: int, items: np.ndarray, degree: np.ndarray
+) -> np.ndarray:
+    """Vectors of users outside the graph from their histories alone, no retraining: one
+    propagation step from the trained item vectors, sum_i e_i / sqrt(|N(u)| deg(i)) over the
+    distinct history items with training interactions (LightGCN's first layer). Row u -
+    `first_user` holds user u."""
+    out = np.zeros((split.users.size, items.shape[1]), dtype=np.float32)
+    for row, user in enumerate(split.users):
+        seen = np.unique(split.history[split.offsets[row] : split.offsets[row + 1]])
+        seen = seen[degree[seen] > 0]
+        if seen.size:
+            out[user - first_user] = (1 / np.sqrt(seen.size * degree[seen])) @ items[seen]
+    return out
 
 
 class LightGCN(nn.Module):
@@ -63,7 +79,7 @@ class LightGCNTrainer:
 
     def __init__(self, data: PreparedData, cfg: DictConfig, rng: np.random.Generator):
         self.cfg, self.rng, self.device = cfg, rng, torch.device(cfg.device)
-        self.num_items = data.num_items
+        self.num_items, self.num_users, self.holdout = data.num_items, data.num_users, data.holdout
         users = np.repeat(np.arange(data.num_users), np.diff(data.train_offsets))
         self.edges = np.unique(users * data.num_items + data.train_items)
         self.users, self.positives = np.divmod(self.edges, data.num_items)
@@ -120,8 +136,13 @@ class LightGCNTrainer:
     def export(self, out_dir: Path) -> None:
         with torch.no_grad():
             user_vectors, item_vectors = self.model(self.graph)
+        items = item_vectors.cpu().numpy().astype(np.float32)
         np.save(out_dir / USER_EMBEDDINGS, user_vectors.cpu().numpy().astype(np.float32))
-        np.save(out_dir / ITEM_EMBEDDINGS, item_vectors.cpu().numpy().astype(np.float32))
+        np.save(out_dir / ITEM_EMBEDDINGS, items)
+        if self.holdout is not None:
+            degree = np.bincount(self.positives, minlength=self.num_items)
+            unseen = unseen_users(self.holdout, self.num_users, items, degree)
+            np.save(out_dir / HOLDOUT_USER_EMBEDDINGS, unseen)
 
 
 def train_lightgcn(cfg: DictConfig, data_dir: Path, out_dir: Path) -> Path:

@@ -7,9 +7,10 @@ from genrec.metrics import full_ranking_metrics
 
 
 def popularity_metrics(data: PreparedData) -> dict[str, dict[str, float]]:
-    """Valid and test metrics of ranking every item by its training-interaction count."""
+    """Valid, test (and held-out users') metrics of ranking every item by its training count."""
     counts = torch.as_tensor(data.item_counts(), dtype=torch.float32)
     return {
         split.name: full_ranking_metrics(lambda rows: counts.expand(rows.size, -1), split.targets)
-        for split in (data.valid, data.test)
+        for split in (data.valid, data.test, data.holdout)
+        if split is not None
     }

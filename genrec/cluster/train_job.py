@@ -183,11 +183,15 @@ def run_name(cfg: DictConfig, key: str) -> str:
 
 def check_data(cfg: DictConfig, data_dir: Path, tables: list[Path]) -> None:
     """What the config can only be checked against once the data exists, before Ray starts:
-    the semantic-ID tables cover the dataset's items, a jointly trained tokenizer (ETEGRec)
+    the semantic-ID tables cover the dataset's items, the method's loss and ranker build from
+    them (TokenRec's user tokens and item vectors), a jointly trained tokenizer (ETEGRec)
     loads with its item vectors, and the workers' validation share."""
     manifest = load_manifest(data_dir)
-    ItemCodes.load(tables, manifest["num_items"], cfg.tokenizer.codebook_size)
-    method_spec(cfg.method).joint(cfg, tables, manifest["num_items"], torch.device("cpu"))
+    codes = ItemCodes.load(tables, manifest["num_items"], cfg.tokenizer.codebook_size)
+    method = method_spec(cfg.method)
+    method.objective(cfg, codes, tables)
+    method.ranker(cfg, codes, tables)
+    method.joint(cfg, tables, manifest["num_items"], torch.device("cpu"))
     users = manifest["num_valid_examples"]
     if cfg.evaluate.valid_users:
         users = min(users, cfg.evaluate.valid_users)

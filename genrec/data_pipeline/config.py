@@ -73,6 +73,9 @@ class DataConfig:
     on_bad_rows: BadRows = option(BadRows.error, "malformed rows: stop with an error, or skip")
     users_per_shard: int = option(2048, "users per training shard")
     shuffle_seed: int = option(0, "seed of the user order across shards")
+    holdout_users: float = option(
+        0.0, "share of users kept out of training entirely, evaluated apart (unseen users)"
+    )
     synthetic: SyntheticConfig = option(SyntheticConfig, "the built-in synthetic log")
 
     def check(self) -> None:
@@ -83,6 +86,8 @@ class DataConfig:
                 "a test target per user",
             )
         at_least(self, 1, "min_item_interactions", "max_history", "users_per_shard")
+        if not 0.0 <= self.holdout_users < 1.0:
+            raise Invalid("holdout_users", f"must be in [0, 1), got {self.holdout_users}")
         if self.format is not DataFormat.synthetic and not self.interactions:
             raise Invalid("interactions", f"is required for data.format={self.format.name}")
 

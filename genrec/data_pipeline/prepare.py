@@ -23,7 +23,13 @@ from genrec.data_pipeline.raw_log import RawLog
 from genrec.data_pipeline.readers import read_raw_log
 from genrec.data_pipeline.readers.files import input_files
 from genrec.data_pipeline.shards import write_shards
-from genrec.data_pipeline.split import eval_split, list_array, num_prefix_examples, train_sequences
+from genrec.data_pipeline.split import (
+    eval_split,
+    hold_out_users,
+    list_array,
+    num_prefix_examples,
+    train_sequences,
+)
 from genrec.errors import DataError
 from genrec.provenance import (
     atomic_dir,
@@ -48,6 +54,8 @@ def dataset_fingerprint(cfg: DictConfig) -> tuple[str, list[dict[str, Any]]]:
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True, enum_to_str=True)
     for key in ("interactions", "items"):
         data_cfg.pop(key)
+    if not data_cfg["holdout_users"]:  # a dataset without unseen users keeps its fingerprint
+        data_cfg.pop("holdout_users")
     digest = fingerprint(FORMAT_VERSION, data_cfg, [s["sha256"] for s in sources])
     return digest, sources
 
@@ -100,20 +108,30 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path, use_dictionary=False)
 
 
-def _write_tables(out: Path, seqs: Sequences, raw: RawLog, max_history: int) -> dict[str, Any]:
+def _write_tables(
+    out: Path, seqs: Sequences, held: Sequences, raw: RawLog, max_history: int
+) -> dict[str, Any]:
+    """The tables of the manifest; users held out of training get ids after the others."""
+    everyone = seqs.num_users + held.num_users
     users = pa.table(
-        {"user": pa.array(np.arange(seqs.num_users, dtype=np.int32)), "raw_id": seqs.user_ids}
+        {
+            "user": pa.array(np.arange(everyone, dtype=np.int32)),
+            "raw_id": pa.concat_arrays([seqs.user_ids, held.user_ids]),
+        }
     )
     pq.write_table(users, out / "users.parquet")
     items, text_columns, with_text = item_text_table(seqs, raw)
     pq.write_table(items, out / "items.parquet")
     _write_parquet(
-        pa.table({"user": users["user"], "items": list_array(seqs.offsets, seqs.items)}),
+        pa.table(
+            {"user": users["user"][: seqs.num_users], "items": list_array(seqs.offsets, seqs.items)}
+        ),
         out / "sequences.parquet",
     )
     counts = {}
-    for name, holdout in (("valid", 2), ("test", 1)):
-        split = eval_split(seqs, holdout, max_history)
+    for name, users, holdout in (("valid", seqs, 2), ("test", seqs, 1), ("holdout", held, 1)):
+        split = eval_split(users, holdout, max_history)
+        split.users += seqs.num_users if users is held else 0
         _write_parquet(split.to_table(), out / f"{name}.parquet")
         counts[name] = int(split.targets.size)
     return {"text_columns": text_columns, "items_with_text": with_text, "eval_counts": counts}
@@ -140,6 +158,7 @@ def _manifest(
         "num_train_examples": train_examples,
         "num_valid_examples": tables["eval_counts"]["valid"],
         "num_test_examples": tables["eval_counts"]["test"],
+        "num_holdout_users": tables["eval_counts"]["holdout"],
         "max_history": cfg.data.max_history,
         "raw": {
             "interactions": stats.raw_interactions,
@@ -151,7 +170,8 @@ def _manifest(
         "text_columns": tables["text_columns"],
         "items_with_text": tables["items_with_text"],
         "tables": {
-            name: f"{name}.parquet" for name in ("users", "items", "sequences", "valid", "test")
+            name: f"{name}.parquet"
+            for name in ("users", "items", "sequences", "valid", "test", "holdout")
         },
         "shards": shards,
         "sources": sources,
@@ -182,7 +202,8 @@ def prepare(cfg: DictConfig) -> Path:
         stats.raw_interactions,
     )
     with atomic_dir(data_dir) as out:
-        tables = _write_tables(out, seqs, raw, cfg.data.max_history)
+        seqs, held = hold_out_users(seqs, cfg.data.holdout_users, cfg.data.shuffle_seed)
+        tables = _write_tables(out, seqs, held, raw, cfg.data.max_history)
         train_offsets, train_items = train_sequences(seqs)
         shards = write_shards(
             out / "shards",

@@ -57,6 +57,7 @@ class PreparedData:
     train_items: np.ndarray
     valid: EvalSet
     test: EvalSet
+    holdout: EvalSet | None  # users kept out of training (data.holdout_users), if any
 
     @property
     def num_users(self) -> int:
@@ -107,4 +108,5 @@ def load_prepared(data_dir: Path) -> PreparedData:
         train_items,
         load_eval_set(data_dir, "valid"),
         load_eval_set(data_dir, "test"),
+        load_eval_set(data_dir, "holdout") if manifest.get("num_holdout_users") else None,
     )

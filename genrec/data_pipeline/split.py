@@ -27,6 +27,21 @@ class EvalSplit:
         )
 
 
+def hold_out_users(seqs: Sequences, share: float, seed: int) -> tuple[Sequences, Sequences]:
+    """(trained, held out): a seeded `share` of the users kept out of training, validation and
+    test entirely, to be evaluated apart as users the models never saw."""
+    held = np.zeros(seqs.num_users, dtype=bool)
+    count = round(share * seqs.num_users)
+    held[np.random.default_rng([seed, 11]).choice(seqs.num_users, count, replace=False)] = True
+    return _some_users(seqs, ~held), _some_users(seqs, held)
+
+
+def _some_users(seqs: Sequences, chosen: np.ndarray) -> Sequences:
+    rows = np.flatnonzero(chosen)
+    offsets, items = ragged_gather(seqs.items, seqs.offsets[:-1][rows], seqs.offsets[1:][rows])
+    return Sequences(offsets, items, seqs.user_ids.take(pa.array(rows)), seqs.item_ids)
+
+
 def list_array(offsets: np.ndarray, values: np.ndarray) -> pa.Array:
     if offsets[-1] < 2**31:
         return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))

@@ -33,8 +33,11 @@ def shard_paths(data_dir: str | Path) -> list[Path]:
     return list(shard_checksums(data_dir))
 
 
-def prefix_examples(user: int, seq: np.ndarray, max_history: int) -> Iterator[Example]:
-    for t in range(1, seq.size):
+def prefix_examples(
+    user: int, seq: np.ndarray, max_history: int, first: int = 1
+) -> Iterator[Example]:
+    """Each item from position `first` on as a target, after up to max_history before it."""
+    for t in range(first, seq.size):
         yield {"user": user, "history": seq[max(0, t - max_history) : t], "target": int(seq[t])}
 
 

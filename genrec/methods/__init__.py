@@ -6,8 +6,11 @@ from genrec.methods.letter import LETTER
 from genrec.methods.mtgrec import MTGREC
 from genrec.methods.spec import MethodSpec
 from genrec.methods.tiger import TIGER
+from genrec.methods.tokenrec import TOKENREC
 
-METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (TIGER, LETTER, MTGREC, ETEGREC)}
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec for spec in (TIGER, LETTER, MTGREC, ETEGREC, TOKENREC)
+}
 
 
 def method_spec(name: str) -> MethodSpec:

@@ -18,12 +18,16 @@ from genrec.trainer.objective import CodeGeneration, Objective
 from genrec.trainer.ranking import BeamSearchRanker, Ranker
 
 
-def code_generation(cfg: DictConfig) -> Objective:
+def code_generation(cfg: DictConfig, codes: ItemCodes, tables: list[Path]) -> Objective:
     return CodeGeneration(cfg.trainer.temperature)
 
 
-def beam_search(cfg: DictConfig, codes: ItemCodes) -> Ranker:
+def beam_search(cfg: DictConfig, codes: ItemCodes, tables: list[Path]) -> Ranker:
     return BeamSearchRanker.over(codes)
+
+
+def no_model_fields(cfg: DictConfig) -> dict[str, int]:
+    return {}
 
 
 def fixed_ids(cfg: DictConfig, tables: list[Path], items: int, device: torch.device) -> None:
@@ -43,8 +47,10 @@ class MethodSpec:
     # What `genrec run` runs, in order (functions of genrec.stages; each pulls its inputs).
     stages: tuple[str, ...] = ("data", "tokenize", "train", "evaluate")
     build_model: Callable[[ModelConfig], GenerativeRecommender] = GenerativeRecommender
-    objective: Callable[[DictConfig], Objective] = code_generation
-    ranker: Callable[[DictConfig, ItemCodes], Ranker] = beam_search
+    objective: Callable[[DictConfig, ItemCodes, list[Path]], Objective] = code_generation
+    ranker: Callable[[DictConfig, ItemCodes, list[Path]], Ranker] = beam_search
+    # Model config fields the method derives from the rest of the config (TokenRec's).
+    model_fields: Callable[[DictConfig], dict[str, int]] = no_model_fields
     joint: Callable[[DictConfig, list[Path], int, torch.device], EndToEnd | None] = fixed_ids
     # Config values the fine-tuning stage sets on top of the run's (after pre-training).
     finetune_overrides: dict[str, Any] = field(default_factory=dict)

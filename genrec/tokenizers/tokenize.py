@@ -147,9 +147,15 @@ def id_table_bytes(ids: np.ndarray, id_column: str) -> bytes:
 
 
 def fit_and_tokenize(
-    cfg: DictConfig, vectors: np.ndarray, cf: np.ndarray | None, out: Path, id_column: str
+    cfg: DictConfig,
+    vectors: np.ndarray,
+    cf: np.ndarray | None,
+    out: Path,
+    id_column: str,
+    unseen: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Fit one tokenizer in the new folder `out` and write its ID table; returns its report."""
+    """Fit one tokenizer in the new folder `out` and write its ID table (the `unseen` rows,
+    coded but not fitted on, after the others); returns its report."""
     out.mkdir()
     _check_sizes(cfg, len(vectors))
     x = torch.from_numpy(vectors)
@@ -161,6 +167,8 @@ def fit_and_tokenize(
     fit_seconds = time.perf_counter() - started
     epochs.writer.close()
     save_tokenizer(tok, out / TOKENIZER_CHECKPOINT)
+    if unseen is not None:
+        x = torch.cat([x, torch.from_numpy(unseen)])
     started = time.perf_counter()
     codes = tok.encode(x).numpy()
     encode_seconds = time.perf_counter() - started
@@ -180,7 +188,8 @@ def fit_and_tokenize(
         {
             "collision_rate_before": collision_rate(codes),
             "collision_rate_after": collision_rate(ids),
-            "reconstruction_error": tok.reconstruction_error(x),
+            "reconstruction_error": tok.reconstruction_error(x[: len(vectors)]),
+            "unseen": 0 if unseen is None else len(unseen),
             "adjacent_epoch_changes": epochs.adjacent_changes(),
             "collapsed_levels": collapsed,
             "num": len(ids),
@@ -206,7 +215,8 @@ def tokenize(
 ) -> Path:
     """Tokenize items (and, for MQ, users) from the vector files in `inputs`.
 
-    `inputs` maps "items" (required), "cf" (LETTER) and "users" (MQ) to .npy files.
+    `inputs` maps "items" (required), "cf" (LETTER), "users" (MQ) and "unseen_users" (MQ:
+    users kept out of training, coded by the tokenizer fitted on the others) to .npy files.
     """
     key = fingerprint(
         data_fingerprint,
@@ -223,7 +233,8 @@ def tokenize(
         report = {"items": fit_and_tokenize(cfg, vectors, cf, scratch / "items", "item")}
         if "users" in inputs:
             users = load_vectors(inputs["users"])
-            report["users"] = fit_and_tokenize(cfg, users, None, scratch / "users", "user")
+            unseen = load_vectors(inputs["unseen_users"]) if "unseen_users" in inputs else None
+            report["users"] = fit_and_tokenize(cfg, users, None, scratch / "users", "user", unseen)
         report.update(
             {
                 "fingerprint": key,

@@ -46,22 +46,21 @@ def influence_sample(
     data_dir: Path, max_history: int, count: int, seed: int, stage: int = 0
 ) -> list[dict]:
     """`count` training examples drawn uniformly, seeded by the seed and the stage, in one pass
-    over the shards."""
+    over the shards that builds only the drawn examples (sequence t-th prefix: example t - 1)."""
     total = load_manifest(data_dir)["num_train_examples"]
     rng = np.random.default_rng([seed, 7, stage])
     chosen = np.sort(rng.choice(total, min(count, total), False))
     stream = TrainExamples(data_dir, max_history, seed=seed, shuffle_buffer=0)
-    examples = (
-        ex for user, seq in stream.sequences() for ex in prefix_examples(user, seq, max_history)
-    )
-    picked, wanted = [], iter(chosen.tolist())
-    target = next(wanted, None)
-    for index, example in enumerate(examples):
-        if index == target:
-            picked.append(example)
-            target = next(wanted, None)
-            if target is None:
-                break
+    picked, start, next_pick = [], 0, 0
+    for user, seq in stream.sequences():
+        stop = start + max(seq.size - 1, 0)
+        while next_pick < chosen.size and chosen[next_pick] < stop:
+            t = int(chosen[next_pick] - start) + 1
+            picked.append(next(prefix_examples(user, seq[: t + 1], max_history, first=t)))
+            next_pick += 1
+        if next_pick == chosen.size:
+            break
+        start = stop
     return picked
 
 

@@ -369,7 +369,7 @@ class EndToEnd:
         loop = self.loop
         self.ids = ids
         loop.codes = ItemCodes(ids, loop.codes.codebook_size).to(loop.device)
-        loop.ranker = loop.method.ranker(self.cfg, loop.codes)
+        loop.ranker = loop.method.ranker(self.cfg, loop.codes, loop.tables)
 
     def keep_best(self) -> None:
         self.best_ids = self.ids

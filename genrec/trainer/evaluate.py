@@ -58,12 +58,10 @@ def eval_batches(
     groups: np.ndarray | None = None,
 ) -> Iterator[tuple[np.ndarray, Batch]]:
     """(rows, batch) over a split, row r read in code group `groups[r]` (default: group 0);
-    a progress bar when `desc` is given. Rows go shortest history first, so that a batch pads
-    its histories little (most are short, a few reach the cap)."""
-    order = np.argsort(np.diff(split.offsets), kind="stable")
+    a progress bar when `desc` is given."""
     starts = range(0, split.targets.size, batch_size)
     for start in tqdm(starts, desc=desc, disable=desc is None):
-        rows = order[start : start + batch_size]
+        rows = np.arange(start, min(start + batch_size, split.targets.size))
         columns = {
             "user": torch.as_tensor(split.users[rows]),
             "history": left_padded(split.offsets, split.history, rows),
@@ -147,12 +145,10 @@ def evaluate_checkpoint(
         )
     data = load_prepared(data_dir)
     codes = ItemCodes.load(tables, data.num_items, model.config.codebook_size).to(device)
-    ranker = method.ranker(cfg, codes)
+    ranker = method.ranker(cfg, codes, tables)
     k, batch = cfg.evaluate.beam_size, cfg.evaluate.batch_size
-    metrics = {
-        split.name: split_metrics(model, ranker, codes, split, k, batch)
-        for split in (data.valid, data.test)
-    }
+    splits = [data.valid, data.test] + ([data.holdout] if data.holdout is not None else [])
+    metrics = {split.name: split_metrics(model, ranker, codes, split, k, batch) for split in splits}
     result = {
         **metrics,
         "baselines": {"popularity": popularity_metrics(data), **baselines},
@@ -194,7 +190,7 @@ def choose_table(
     scores = {}
     for table in candidates:
         codes = ItemCodes.load([table], data.num_items, model.config.codebook_size).to(device)
-        ranker = method.ranker(cfg, codes)
+        ranker = method.ranker(cfg, codes, [table])
         k, batch = cfg.evaluate.beam_size, cfg.evaluate.batch_size
         scores[str(table)] = split_metrics(model, ranker, codes, valid, k, batch, progress=False)
     best = max(scores, key=lambda table: scores[table][SELECT_METRIC])

@@ -15,16 +15,18 @@ from torch import Tensor
 from genrec.errors import DataError
 
 
-def read_table(path: Path, num_items: int, codebook_size: int) -> np.ndarray:
-    """A `genrec tokenize` semantic-ID table, checked to cover items 0..n-1 with valid codes."""
+def read_table(path: Path, num_items: int, codebook_size: int, column: str = "item") -> np.ndarray:
+    """A `genrec tokenize` semantic-ID table, checked to cover items (or, with `column` "user",
+    users) 0..n-1 with valid codes."""
     try:
         table = pq.read_table(path)
-    except (OSError, ValueError) as err:
+        items = table.column(column).to_numpy()
+    except (OSError, ValueError, KeyError) as err:
         raise DataError(str(path), f"cannot read semantic IDs: {err}") from err
-    items = table.column("item").to_numpy()
     if not np.array_equal(items, np.arange(num_items)):
         raise DataError(
-            str(path), f"rows must be items 0..{num_items - 1} in order (the dataset's items)"
+            str(path),
+            f"rows must be {column}s 0..{num_items - 1} in order (the dataset's {column}s)",
         )
     codes = np.array(table.column("codes").to_pylist(), dtype=np.int64)
     top = codes[:, :-1].max(initial=0)

@@ -41,12 +41,21 @@ class ModelConfig:
     # latent space, the decoder's first state into the item-embedding space.
     latent_adapter_dim: int = 0
     embedding_adapter_dim: int = 0
+    # TokenRec's user tokens (0: none): the user's MQ codes, read before the history, one
+    # token per level from a codebook of user_codebook_size.
+    user_code_levels: int = 0
+    user_codebook_size: int = 0
 
     def __post_init__(self) -> None:
         at_least(self, 1, "num_levels", "codebook_size", "dedup_size", "d_model", "num_heads")
         at_least(self, 1, "d_ff", "max_history_items")
         at_least(self, 0, "encoder_layers", "decoder_layers", "num_user_buckets")
         at_least(self, 0, "latent_adapter_dim", "embedding_adapter_dim")
+        at_least(self, 0, "user_code_levels", "user_codebook_size")
+        if self.user_code_levels and self.num_user_buckets:
+            raise Invalid("user_code_levels", "and num_user_buckets both read the user; choose one")
+        if self.user_code_levels and not self.user_codebook_size:
+            raise Invalid("user_codebook_size", "must be >= 1 when user_code_levels is")
         if not 0.0 <= self.dropout < 1.0:
             raise Invalid("dropout", f"must be in [0, 1), got {self.dropout}")
         if self.ffn not in FFN_KINDS:
@@ -92,8 +101,15 @@ class ModelConfig:
     def level_sizes(self) -> list[int]:
         return [self.codebook_size] * self.num_levels + [self.dedup_size]
 
+    @property
+    def user_tokens(self) -> int:
+        """Tokens read before the history: the hashed user, or the user's codes."""
+        return self.user_code_levels or (1 if self.num_user_buckets else 0)
+
     def level_offsets(self) -> list[int]:
-        start = USER_OFFSET + self.num_user_buckets
+        start = (
+            USER_OFFSET + self.num_user_buckets + self.user_code_levels * self.user_codebook_size
+        )
         return [start + level * self.codebook_size for level in range(self.codes_per_item)]
 
 
@@ -142,7 +158,7 @@ def flops_per_example(config: ModelConfig, history_items: int, training: bool = 
     """
     d, inner = config.d_model, config.inner_dim
     ffn = (3 if config.ffn == "gated-gelu" else 2) * d * config.d_ff
-    enc_tokens = history_items * config.codes_per_item + (1 if config.num_user_buckets else 0)
+    enc_tokens = history_items * config.codes_per_item + config.user_tokens
     dec_tokens = config.codes_per_item
     encoder = config.encoder_layers * (
         2 * (4 * d * inner + ffn) * enc_tokens + 4 * enc_tokens * enc_tokens * inner
@@ -418,9 +434,8 @@ class GenerativeRecommender(nn.Module):
         x = x.view(batch, items * width, -1)
         mask = valid.repeat_interleave(width, dim=1)
         if user is not None:
-            user_token = USER_OFFSET + user % self.config.num_user_buckets
-            x = torch.cat([self.embed(user_token)[:, None], x], dim=1)
-            mask = torch.cat([mask.new_ones(batch, 1), mask], dim=1)
+            x = torch.cat([self.embed(self._user_tokens(user)), x], dim=1)
+            mask = torch.cat([mask.new_ones(batch, user.size(1)), mask], dim=1)
         elif self.debug and not valid.any(1).all():
             raise ValueError("every history needs at least one item when no user is given")
         x = self.dropout(x)
@@ -471,7 +486,7 @@ class GenerativeRecommender(nn.Module):
     def forward(
         self,
         history_codes: Tensor,
-        target_codes: Tensor,
+        target_codes: Tensor | None,
         user: Tensor | None = None,
         aligned: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
@@ -479,7 +494,10 @@ class GenerativeRecommender(nn.Module):
 
         With `aligned`, also the adapters' views (ETEGRec): the encoder output mean-pooled
         over real tokens in the tokenizer's latent space [B, latent], and the decoder's first
-        state in the item-embedding space [B, embedding]."""
+        state in the item-embedding space [B, embedding]. Without targets, only that last view
+        (TokenRec's preference vector, one decoder step)."""
+        if target_codes is None:
+            return self.preference(history_codes, user)
         memory, mask = self.encode(history_codes, user)
         self._check_targets(target_codes, memory.size(0))
         cache = self.init_cache(memory, mask)
@@ -495,6 +513,16 @@ class GenerativeRecommender(nn.Module):
         weights = mask.unsqueeze(-1).type_as(memory)
         pooled = (memory * weights).sum(1) / weights.sum(1).clamp(min=1)
         return logits, self.latent_adapter(pooled), self.embedding_adapter(hidden[:, 0])
+
+    def preference(self, history_codes: Tensor, user: Tensor | None = None) -> Tensor:
+        """The decoder's first state (BOS over the encoded history) in the item-embedding space
+        [B, embedding_adapter_dim]: TokenRec's query for nearest-neighbour retrieval."""
+        if self.embedding_adapter is None:
+            raise ValueError("a preference vector needs embedding_adapter_dim > 0")
+        memory, mask = self.encode(history_codes, user)
+        bos = torch.full((memory.size(0), 1), BOS, dtype=torch.long, device=memory.device)
+        hidden = self._decode(self.init_cache(memory, mask), bos)
+        return self.embedding_adapter(hidden[:, 0])
 
     def loss(
         self,
@@ -566,15 +594,28 @@ class GenerativeRecommender(nn.Module):
         return valid
 
     def _check_user(self, user: Tensor | None, batch: int) -> Tensor | None:
-        """The user ids a model with user buckets reads (None for a model without)."""
-        if not self.config.num_user_buckets:
+        """What a model that reads the user gets, as [B, tokens]: the user ids (user buckets)
+        or the users' codes (user_code_levels); None for a model that reads no user."""
+        levels = self.config.user_code_levels
+        if not self.config.user_tokens:
             return None
-        if user is None or user.dtype != torch.long or user.shape != (batch,):
+        shape, what = ((batch, levels), "codes") if levels else ((batch,), "ids")
+        if user is None or user.dtype != torch.long or user.shape != shape:
             got = "None" if user is None else f"{user.dtype} {list(user.shape)}"
             raise ValueError(
-                f"a model with num_user_buckets > 0 needs user: an int64 tensor of shape "
-                f"[{batch}], got {got}"
+                f"this model reads the users' {what}: an int64 tensor of shape {list(shape)}, "
+                f"got {got}"
             )
-        if self.debug and (user < 0).any():
-            raise ValueError("user ids must be non-negative")
-        return user
+        if self.debug and (
+            (user < 0).any() or (levels and (user >= self.config.user_codebook_size).any())
+        ):
+            raise ValueError(f"user {what} out of range")
+        return user.view(batch, -1)
+
+    def _user_tokens(self, user: Tensor) -> Tensor:
+        """[B, tokens] user ids or codes -> vocabulary ids."""
+        if self.config.user_code_levels:
+            levels = torch.arange(user.size(1), device=user.device)
+            start = USER_OFFSET + self.config.num_user_buckets
+            return start + levels * self.config.user_codebook_size + user
+        return USER_OFFSET + user % self.config.num_user_buckets

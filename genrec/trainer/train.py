@@ -55,9 +55,13 @@ PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e1
 log = logging.getLogger(__name__)
 
 
-def model_config(cfg: DictConfig, codes: ItemCodes) -> ModelConfig:
-    """The configured preset sized to the tokenizer's IDs and the data's history length."""
+def model_config(
+    cfg: DictConfig, codes: ItemCodes, fields: dict[str, int] | None = None
+) -> ModelConfig:
+    """The configured preset sized to the tokenizer's IDs and the data's history length, with
+    the fields the method derives (`fields`)."""
     options = {k: v for k, v in to_plain(cfg.trainer.model).items() if v is not None}
+    options |= fields or {}
     return ModelConfig.preset(
         options.pop("preset"),
         num_levels=codes.num_levels,
@@ -215,7 +219,7 @@ class Loop:
         codes = ItemCodes.load(tables, manifest["num_items"], cfg.tokenizer.codebook_size)
         self.codes = codes.to(self.device)
         torch.manual_seed(cfg.seed)
-        config = model_config(cfg, self.codes)
+        config = model_config(cfg, self.codes, method.model_fields(cfg))
         joint = method.joint(cfg, tables, manifest["num_items"], self.device)
         if joint is not None:
             config = joint.model_config(config, codes.codebook_size)
@@ -227,7 +231,9 @@ class Loop:
         if start is not None:
             self.model.load_state_dict(start.state_dict())
         self.eval_model = method.build_model(config).to(self.device)
-        self.objective, self.ranker = method.objective(cfg), method.ranker(cfg, self.codes)
+        self.tables = tables
+        self.objective = method.objective(cfg, self.codes, tables)
+        self.ranker = method.ranker(cfg, self.codes, tables)
         self.examples_per_epoch = manifest["num_train_examples"]
         self.total_steps = self.steps_of(self.trainer.epochs)
         model_epochs = self.trainer.epochs if joint is None else joint.model_epochs()

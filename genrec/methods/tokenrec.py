@@ -1,0 +1,54 @@
+"""TokenRec (Qu, Fan, Zhao and Li, 2024): users and items tokenized by the masked
+vector-quantized tokenizer over LightGCN's embeddings; the encoder reads the user's tokens and
+the history's, and the decoder's first state, projected into the LightGCN item space, is the
+query of a nearest-neighbour search over every item (genrec/trainer/preference.py): one pass
+per user, no beam search.
+
+Unlike the official code (an LLM prompted with the tokens, a cosine loss with one random
+negative, checkpoints chosen on the test data), genrec keeps its protocol: leave-one-out,
+validation selects, the test is read once; the loss defaults to a sampled softmax.
+"""
+
+from typing import Any
+
+from omegaconf import DictConfig
+
+from genrec.methods.spec import MethodSpec
+from genrec.schema import Invalid
+from genrec.tokenizers.config import TokenizerName
+from genrec.trainer.preference import retrieval, retrieval_loss
+
+
+def model_fields(cfg: DictConfig) -> dict[str, int]:
+    """The user's tokens before the history, and a head into the LightGCN item space."""
+    tokens = cfg.trainer.tokenrec.user_tokens
+    return {
+        "user_code_levels": cfg.tokenizer.num_levels if tokens else 0,
+        "user_codebook_size": cfg.tokenizer.codebook_size if tokens else 0,
+        "embedding_adapter_dim": cfg.lightgcn.dim,
+    }
+
+
+def check(cfg: Any) -> None:
+    if cfg.tokenizer.name is not TokenizerName.mq:
+        raise Invalid(
+            "tokenizer.name",
+            f"is {cfg.tokenizer.name.value}; TokenRec reads MQ tokens of users and items (mq)",
+        )
+    if cfg.tokenizer.tables != 1:
+        raise Invalid("tokenizer.tables", "must be 1: TokenRec reads one MQ table")
+    if cfg.trainer.model.num_user_buckets:
+        raise Invalid(
+            "trainer.model.num_user_buckets", "must be 0: TokenRec reads the user's MQ tokens"
+        )
+
+
+TOKENREC = MethodSpec(
+    name="tokenrec",
+    summary="MQ tokens of users and items, preference vector, nearest-neighbour retrieval",
+    defaults={"tokenizer": {"name": "mq", "collisions": "dedup"}},
+    objective=retrieval_loss,
+    ranker=retrieval,
+    model_fields=model_fields,
+    check=check,
+)

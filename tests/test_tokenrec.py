@@ -1,0 +1,254 @@
+"""TokenRec: the user's tokens in the encoder, the preference vector, its losses, retrieval
+over the item vectors, and the checks made before training or evaluation, with real Ray and
+DeepSpeed where they are involved."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genrec import artifacts, stages
+from genrec.config import load_config
+from genrec.data_pipeline.prepared import load_prepared
+from genrec.errors import ConfigError, DataError
+from genrec.trainer.config import RetrievalLoss
+from genrec.trainer.item_codes import ItemCodes
+from genrec.trainer.model import GenerativeRecommender, ModelConfig
+from genrec.trainer.objective import Batch
+from genrec.trainer.preference import (
+    Catalogue,
+    RetrievalLossFn,
+    RetrievalRanker,
+    check_head,
+    load_catalogue,
+)
+from genrec.trainer.retrieval import Similarity
+from tests.conftest import on_train_workers
+
+TINY = [
+    "method=tokenrec",
+    "data.synthetic.num_users=400",
+    "data.synthetic.num_items=120",
+    "data.users_per_shard=50",
+    "lightgcn.epochs=10",
+    "sasrec.epochs=2",
+    "tokenizer.epochs=10",
+    "tokenizer.codebook_size=16",
+    "tokenizer.hidden_dims=[32]",
+    "tokenizer.latent_dim=16",
+    "trainer.epochs=2",
+    "trainer.batch_size=64",
+    "trainer.eval_every=20",
+    "trainer.warmup_steps=5",
+]
+
+
+def small_model(user_levels: int = 3, dim: int = 16) -> GenerativeRecommender:
+    torch.manual_seed(0)
+    config = ModelConfig.preset(
+        "tiny",
+        num_levels=3,
+        codebook_size=8,
+        dedup_size=4,
+        max_history_items=10,
+        user_code_levels=user_levels,
+        user_codebook_size=8 if user_levels else 0,
+        embedding_adapter_dim=dim,
+    )
+    return GenerativeRecommender(config, debug=True)
+
+
+def history(batch: int = 4, items: int = 5) -> torch.Tensor:
+    codes = torch.randint(0, 4, (batch, items, 4))
+    codes[0, :2] = -1  # padding before the oldest item
+    return codes
+
+
+def test_another_users_tokens_change_the_preference():
+    model = small_model().eval()
+    codes = history()
+    mine = torch.randint(0, 8, (4, 3))
+    other = (mine + 1) % 8
+    with torch.no_grad():
+        a, b = model(codes, None, mine), model(codes, None, other)
+        again = model(codes, None, mine)
+    assert a.shape == (4, 16)
+    assert torch.equal(a, again)
+    assert (a - b).abs().max() > 1e-4
+
+
+def test_a_model_reading_user_tokens_refuses_ids_and_a_model_without_ignores_them():
+    model = small_model()
+    with pytest.raises(ValueError, match=r"users' codes: an int64 tensor of shape \[4, 3\]"):
+        model(history(), None, torch.arange(4))
+    plain = small_model(user_levels=0).eval()
+    with torch.no_grad():
+        assert plain(history(), None, None).shape == (4, 16)
+    with pytest.raises(ValueError, match="both read the user"):
+        ModelConfig(user_code_levels=3, user_codebook_size=8, num_user_buckets=4)
+
+
+def test_retrieval_ranks_like_scoring_every_item():
+    model = small_model().eval()
+    items = torch.randn(50, 16)
+    users = torch.randint(0, 8, (10, 3))
+    catalogue = Catalogue(users, items)
+    codes, user = history(), torch.tensor([3, 1, 7, 0])
+    for similarity in Similarity:
+        top = RetrievalRanker(catalogue, similarity).top_k(model, codes, user, 10)
+        with torch.no_grad():
+            query = model(codes, None, users[user])
+        if similarity is Similarity.cosine:
+            scores = torch.nn.functional.normalize(query, dim=-1) @ (
+                torch.nn.functional.normalize(items, dim=-1).T
+            )
+        else:
+            scores = query @ items.T
+        assert torch.equal(top, scores.topk(10, dim=1).indices)
+
+
+def _batch(targets: torch.Tensor) -> Batch:
+    size = len(targets)
+    codes = torch.zeros(size, 2, 4, dtype=torch.long)
+    return Batch(
+        user=torch.arange(size),
+        history=torch.zeros(size, 2, dtype=torch.long),
+        target=targets,
+        group=torch.zeros(size, dtype=torch.long),
+        history_codes=codes,
+        target_codes=codes[:, 0],
+    )
+
+
+@pytest.mark.parametrize("loss", list(RetrievalLoss))
+def test_losses_are_lowest_for_the_target_vector(loss):
+    torch.manual_seed(0)
+    items = torch.randn(200, 16)
+    targets = torch.tensor([5, 17, 40, 99])
+    catalogue = Catalogue(None, items)
+    fn = RetrievalLossFn(
+        catalogue, loss, 32, 0.1, 0.0, Similarity.cosine, torch.Generator().manual_seed(0)
+    )
+
+    def answering(vectors):
+        return lambda history_codes, target_codes, user: vectors
+
+    right, _ = fn(answering(items[targets]), _batch(targets))
+    fn.generator.manual_seed(0)  # the same negatives
+    wrong, _ = fn(answering(items[targets + 1]), _batch(targets))
+    assert right.item() < wrong.item()
+    assert right.item() >= 0
+
+
+def test_head_and_catalogue_mismatches_are_clear_errors():
+    model = small_model(dim=16)
+    with pytest.raises(ValueError, match="projects into 16 dimensions, the item vectors have 8"):
+        check_head(model, Catalogue(None, torch.randn(20, 8)))
+    catalogue = Catalogue(torch.zeros(5, 3, dtype=torch.long), torch.randn(20, 16))
+    with pytest.raises(DataError, match="user 9 has no MQ tokens"):
+        catalogue.users(torch.tensor([1, 9]))
+    ranker = RetrievalRanker(catalogue, Similarity.cosine)
+    with pytest.raises(ValueError, match="top-k of 30 asked of a catalogue of 20 items"):
+        ranker.top_k(model.eval(), history(), torch.tensor([0, 1, 2, 3]), 30)
+
+
+def test_tokenrec_needs_the_mq_tokenizer():
+    with pytest.raises(ConfigError, match=r"'tokenizer\.name' is rqvae; TokenRec reads MQ"):
+        load_config([], ["method=tokenrec", "tokenizer.name=rqvae"])
+    with pytest.raises(ConfigError, match=r"'trainer\.tokenrec\.negatives' must be >= 1"):
+        load_config([], ["method=tokenrec", "trainer.tokenrec.negatives=0"])
+
+
+@pytest.fixture(scope="module")
+def tokenized(tmp_path_factory):
+    """Tiny data with 15% of its users held out of training, LightGCN and MQ tokens."""
+    folder = tmp_path_factory.mktemp("tokenrec")
+    cfg = load_config([], [f"run_dir={folder / 'run'}", *TINY, "data.holdout_users=0.15"])
+    stages.tokenize(cfg)
+    return cfg, folder
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_tokenrec_runs_end_to_end_and_ranks_unseen_users(tokenized):
+    """`genrec run method=tokenrec` on tiny data: retrieval beats popularity on test and on
+    users held out of training (their tokens come from their histories, no retraining); a
+    missing users table is named before training."""
+    cfg, folder = tokenized
+    stages.evaluate(cfg)
+    metrics = json.loads((folder / "run" / artifacts.METRICS).read_text())
+    popular = metrics["baselines"]["popularity"]
+    for split in ("test", "holdout"):
+        ours = metrics[split]["ndcg@10"]
+        print(f"{split}: tokenrec {ours:.4f} vs popularity {popular[split]['ndcg@10']:.4f}")
+        assert ours > popular[split]["ndcg@10"]
+    assert metrics["method"] == "tokenrec"
+
+    data = load_prepared(stages.data(cfg))
+    trained, unseen = data.num_users, data.holdout.users.size
+    assert unseen == round(0.15 * (trained + unseen)) and data.holdout.users.min() == trained
+    tables = stages.id_tables(cfg)
+    codes = ItemCodes.load(tables, data.num_items, cfg.tokenizer.codebook_size)
+    catalogue = load_catalogue(cfg, codes, tables)
+    assert len(catalogue.user_codes) == trained + unseen
+    assert catalogue.items.shape == (data.num_items, cfg.lightgcn.dim)
+    users = tables[0].parent.parent / "users"
+    shutil.copytree(users, folder / "users-kept")
+    shutil.rmtree(users)
+    try:
+        with pytest.raises(DataError, match=r"users/semantic_ids.parquet.*TokenRec reads"):
+            load_catalogue(cfg, codes, tables)
+    finally:
+        shutil.copytree(folder / "users-kept", users)
+
+
+def _preferences_on(cfg, storage, workers: int) -> list[list[float]]:
+    """Preference vectors of 8 users after 4 identical optimizer steps on `workers` Ray Train
+    + DeepSpeed ranks (rank r trains rows r, r + workers, ... of each global batch)."""
+    from genrec.data_pipeline.streaming import TrainExamples, collate
+
+    data_dir, tables = stages.data(cfg), stages.id_tables(cfg)
+    examples = iter(TrainExamples(data_dir, max_history=50, shuffle_buffer=0))
+    batches = [collate([next(examples) for _ in range(64)]) for _ in range(4)]
+    probe = collate([next(examples) for _ in range(8)])
+    out = storage / f"preferences-{workers}.json"
+
+    def loop_per_worker(config: dict) -> None:  # a closure: Ray ships it by value
+        from genrec.config import config_from_dict
+        from genrec.methods import method_spec
+        from genrec.trainer.train import Loop
+
+        torch.set_num_threads(1)
+        cfg = config_from_dict(config["cfg"])
+        tables = [Path(t) for t in config["tables"]]
+        loop = Loop(cfg, Path(config["data"]), tables, "tokenrec", method_spec("tokenrec"))
+        rank, world = loop.rank, loop.world_size
+        for rows in batches:
+            for half in (slice(0, 32), slice(32, 64)):
+                part = {k: v[half][rank::world] for k, v in rows.items()}
+                part["group"] = torch.zeros_like(part["target"])
+                loop.micro_step(part)
+        loop.eval_model.load_state_dict(loop.engine.module.state_dict())
+        loop.eval_model.eval()
+        rows = probe | {"group": torch.zeros_like(probe["target"])}
+        batch = Batch.coded(rows, loop.codes, loop.device)
+        with torch.no_grad():
+            users = loop.objective.catalogue.users(batch.user)
+            vectors = loop.eval_model(batch.history_codes, None, users)
+        if rank == 0:
+            out.write_text(json.dumps(vectors.tolist()))
+
+    on_train_workers(loop_per_worker, cfg, data_dir, tables, 0, workers, storage, "tokenrec")
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_two_workers_train_like_one(tokenized, tmp_path):
+    cfg, _ = tokenized
+    one, two = (np.array(_preferences_on(cfg, tmp_path, workers)) for workers in (1, 2))
+    assert one.shape == (8, cfg.lightgcn.dim) and np.abs(one).max() > 0
+    np.testing.assert_allclose(two, one, rtol=1e-3, atol=1e-4)
