@@ -228,17 +228,17 @@ def test_influence_parts():
         group_weights([[1.0]], [1.0], tau=0.0)
 
 
-def test_influence_sample_builds_exactly_the_drawn_examples(make_config):
+def test_influence_samples_build_exactly_the_drawn_examples(make_config):
     from genrec.data_pipeline.prepare import load_manifest
     from genrec.data_pipeline.streaming import TrainExamples, prefix_examples
-    from genrec.trainer.curriculum import influence_sample
+    from genrec.trainer.curriculum import influence_samples
 
     cfg = make_config("data.synthetic.num_users=200", "data.users_per_shard=40")
     data_dir = stages.data(cfg)
     stream = TrainExamples(data_dir, 5, shuffle_buffer=0)
     every = [ex for user, seq in stream.sequences() for ex in prefix_examples(user, seq, 5)]
     assert len(every) == load_manifest(data_dir)["num_train_examples"]
-    first, second = (influence_sample(data_dir, 5, 60, 0, stage) for stage in (0, 1))
+    first, second = influence_samples(data_dir, 5, 60, 0, 2)
     for stage, sample in enumerate((first, second)):
         rng = np.random.default_rng([0, 7, stage])
         chosen = np.sort(rng.choice(len(every), 60, False))

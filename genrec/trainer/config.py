@@ -52,8 +52,8 @@ class CurriculumConfig:
     normalize: bool = option(
         True, "min-max scale the scores to [0, 1] first, so tau means the same at any scale"
     )
-    train_examples: int = option(192, "training examples each group's gradient is taken on")
-    valid_examples: int = option(384, "validation examples (mixed over the groups)")
+    train_examples: int = option(128, "training examples each group's gradient is taken on")
+    valid_examples: int = option(256, "validation examples (mixed over the groups)")
     projection_dim: int = option(0, "random projection of the gradients (0: exact dot products)")
     batch_items: int = option(1024, "padded history items per batch of the estimate")
 

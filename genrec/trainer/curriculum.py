@@ -42,26 +42,32 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def influence_sample(
-    data_dir: Path, max_history: int, count: int, seed: int, stage: int = 0
-) -> list[dict]:
-    """`count` training examples drawn uniformly, seeded by the seed and the stage, in one pass
-    over the shards that builds only the drawn examples (sequence t-th prefix: example t - 1)."""
+def influence_samples(
+    data_dir: Path, max_history: int, count: int, seed: int, stages: int
+) -> list[list[dict]]:
+    """For each stage, `count` training examples drawn uniformly, seeded by the seed and the
+    stage; one pass over the shards builds only the drawn examples (a sequence's t-th prefix
+    is its example t - 1)."""
     total = load_manifest(data_dir)["num_train_examples"]
-    rng = np.random.default_rng([seed, 7, stage])
-    chosen = np.sort(rng.choice(total, min(count, total), False))
+    draws = [
+        np.random.default_rng([seed, 7, stage]).choice(total, min(count, total), False)
+        for stage in range(stages)
+    ]
+    wanted = sorted((int(index), stage) for stage, drawn in enumerate(draws) for index in drawn)
+    samples: list[list[dict]] = [[] for _ in range(stages)]
     stream = TrainExamples(data_dir, max_history, seed=seed, shuffle_buffer=0)
-    picked, start, next_pick = [], 0, 0
+    start, next_pick = 0, 0
     for user, seq in stream.sequences():
         stop = start + max(seq.size - 1, 0)
-        while next_pick < chosen.size and chosen[next_pick] < stop:
-            t = int(chosen[next_pick] - start) + 1
-            picked.append(next(prefix_examples(user, seq[: t + 1], max_history, first=t)))
+        while next_pick < len(wanted) and wanted[next_pick][0] < stop:
+            index, stage = wanted[next_pick]
+            t = index - start + 1
+            samples[stage].append(next(prefix_examples(user, seq[: t + 1], max_history, first=t)))
             next_pick += 1
-        if next_pick == chosen.size:
+        if next_pick == len(wanted):
             break
         start = stop
-    return picked
+    return samples
 
 
 def moments(engine) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,15 +111,17 @@ class Curriculum:
         self.state = CurriculumState(weights=[1 / groups] * groups)
         ends = itertools.accumulate(self.settings.stage_epochs)
         self.boundaries = [round(end * loop.examples_per_epoch) for end in ends]
-        self.data_dir, self.max_history = data_dir, cfg.data.max_history
+        count = self.settings.train_examples
+        self.train = influence_samples(
+            data_dir, cfg.data.max_history, count, cfg.seed, len(self.boundaries) or 1
+        )
         self.valid_split = load_eval_set(data_dir, "valid")
         self.projection = Projection(self.settings.projection_dim, cfg.seed)
 
     def samples(self, loop: "Loop", stage: int) -> tuple[list[dict], list[dict]]:
         """This rank's share of a stage's training and validation examples, drawn afresh for
         each stage: the scores accumulated over stages then average over that many samples."""
-        count = self.settings.train_examples
-        train = influence_sample(self.data_dir, self.max_history, count, self.seed, stage)
+        train = self.train[stage]
         valid = self.valid_split.subsample(self.settings.valid_examples, [self.seed, stage])
         mine = np.arange(loop.rank, valid.users.size, loop.world_size)
         groups = loop.codes.num_groups
