@@ -25,8 +25,18 @@ from genrec.data_pipeline.prepared import load_prepared
 from genrec.trainer.checkpoint import load_model
 from genrec.trainer.evaluate import eval_batches
 from genrec.trainer.item_codes import ItemCodes
-from genrec.trainer.preference import retrieval
+from genrec.trainer.preference import RetrievalRanker, retrieval
 from genrec.trainer.ranking import BeamSearchRanker
+
+
+class WithUserCodes:
+    """Beam search fed the users' MQ codes, as the TokenRec model reads them."""
+
+    def __init__(self, search: BeamSearchRanker, retrieval: RetrievalRanker):
+        self.search, self.catalogue = search, retrieval.catalogue
+
+    def top_k(self, model, history_codes, user, k):
+        return self.search.top_k(model, history_codes, self.catalogue.users(user), k)
 
 
 def users_per_second(ranker, model, batches, k: int) -> float:
@@ -60,8 +70,9 @@ def main() -> None:
     valid = data.valid.subsample(args.users, cfg.seed)
     batches = [batch for _, batch in eval_batches(valid, codes, args.batch)]
     k = args.beam
-    fast = users_per_second(retrieval(cfg, codes, tables), model, batches, k)
-    slow = users_per_second(BeamSearchRanker.over(codes), model, batches, k)
+    ranker = retrieval(cfg, codes, tables)
+    fast = users_per_second(ranker, model, batches, k)
+    slow = users_per_second(WithUserCodes(BeamSearchRanker.over(codes), ranker), model, batches, k)
     print(
         f"{data.num_items} items, {valid.users.size} users, batch {args.batch}, top-{k}, "
         f"{model.num_parameters():,} parameters, {torch.get_num_threads()} threads, {args.device}"

@@ -72,3 +72,23 @@ def test_outputs_and_reuse(trained, monkeypatch):
 
     monkeypatch.setattr(lightgcn, "LightGCNTrainer", no_training)
     assert train_lightgcn(_config(data_dir.parent), data_dir, out) == out
+
+
+def test_unseen_users_are_one_propagation_step_from_their_items():
+    from genrec.data_pipeline.prepared import EvalSet
+
+    items = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    degree = np.array([2, 1, 4, 0, 3, 1])
+    # Users 10 and 11 (rows 1 and 0: a split is ordered by history length); item 3 has no
+    # training interactions, and a repeated item counts once.
+    split = EvalSet(
+        "holdout",
+        np.array([11, 10]),
+        np.array([0, 2, 6]),
+        np.array([3, 5, 0, 2, 2, 4]),
+        np.array([1, 1]),
+    )
+    out = lightgcn.unseen_users(split, 10, items, degree)
+    first = items[0] / np.sqrt(3 * 2) + items[2] / np.sqrt(3 * 4) + items[4] / np.sqrt(3 * 3)
+    np.testing.assert_allclose(out[0], first, rtol=1e-6)
+    np.testing.assert_allclose(out[1], items[5] / np.sqrt(1 * 1), rtol=1e-6)

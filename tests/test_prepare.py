@@ -157,3 +157,33 @@ def test_skipped_rows_and_missing_text_reach_the_manifest(tmp_path, make_config)
     assert m["items_with_text"] == 2 and m["num_items"] == 3
     assert pq.read_table(data / "items.parquet")["title"].to_pylist() == ["One", "Two", ""]
     assert pa.types.is_integer(pq.read_table(data / "items.parquet")["raw_id"].type)
+
+
+def test_held_out_users_leave_training_and_keep_their_whole_sequence(tmp_path):
+    from genrec.config import load_config
+    from genrec.data_pipeline.prepared import load_prepared
+
+    def prepared(*overrides):
+        cfg = load_config([], [f"run_dir={tmp_path / str(len(overrides))}", *overrides])
+        return load_prepared(prepare(cfg))
+
+    everyone = prepared("data.synthetic.num_users=300")
+    some = prepared("data.synthetic.num_users=300", "data.holdout_users=0.2")
+    held = some.holdout
+    assert everyone.holdout is None and some.num_users + held.users.size == everyone.num_users
+    assert held.users.size == round(0.2 * everyone.num_users)
+    assert sorted(held.users) == list(range(some.num_users, everyone.num_users))
+    assert some.valid.users.max() < some.num_users
+    raw = pq.read_table(tmp_path / "2" / "data" / "users.parquet").column("raw_id").to_pylist()
+    before = pq.read_table(tmp_path / "1" / "data" / "users.parquet").column("raw_id")
+    full = {raw_id: row for row, raw_id in enumerate(before.to_pylist())}
+    for row in range(held.users.size):
+        # The held-out user's last item is the target, everything before it the history.
+        mine = full[raw[held.users[row]]]
+        test = np.flatnonzero(everyone.test.users == mine)[0]
+        assert held.targets[row] == everyone.test.targets[test]
+        history = held.history[held.offsets[row] : held.offsets[row + 1]]
+        test_set = everyone.test
+        theirs = test_set.history[test_set.offsets[test] : test_set.offsets[test + 1]]
+        assert history.tolist() == theirs.tolist()
+    assert some.manifest["num_train_examples"] < everyone.manifest["num_train_examples"]
