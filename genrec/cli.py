@@ -14,6 +14,7 @@ from genrec.config import describe, load_config
 from genrec.data_pipeline.prepare import load_manifest
 from genrec.errors import user_error
 from genrec.methods import method_spec
+from genrec.tokenizers.config import TokenizerName
 
 RESULT_COLUMNS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 
@@ -51,8 +52,10 @@ def tokenizer_summary(cfg: DictConfig, tokenizer_dir: Path) -> str:
     from genrec import stages
 
     report = json.loads((tokenizer_dir / artifacts.TOKENIZER_REPORT).read_text())["items"]
+    mq = cfg.tokenizer.name is TokenizerName.mq
+    source = "lightgcn" if mq else stages.item_vectors(cfg).name
     return (
-        f"tokenizer {cfg.tokenizer.name.name} over {stages.item_vectors(cfg).name} vectors: "
+        f"tokenizer {cfg.tokenizer.name.name} over {source} vectors: "
         f"code usage per level {[round(level['usage'], 3) for level in report['levels']]}, "
         f"collisions {report['collision_rate_before']:.3f} -> "
         f"{report['collision_rate_after']:.3f}"

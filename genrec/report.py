@@ -57,7 +57,7 @@ def _training(ax: Axes, run: dict[str, Any] | None) -> None:
         return _missing(ax, "loss", "genrec train")
     if run["train_loss"]:
         steps, losses = zip(*run["train_loss"], strict=True)
-        ax.plot(steps, losses, label="training loss (generation)")
+        ax.plot(steps, losses, label="training loss (the model's own)")
     validations = run["validations"]
     ax.plot(
         [v["step"] for v in validations],
@@ -110,7 +110,7 @@ def _results(ax: Axes, metrics: dict[str, Any] | None) -> None:
         ax.bar_label(bars, fmt="%.3f", fontsize=8)
     ax.set_xticks([x + width / 2 for x in range(len(rows))], list(rows))
     top = max(row[key] for row in rows.values() for key in TEST_KEYS)
-    ax.set(title=f"test (beam {metrics['beam_size']})", ylim=(0, 1.25 * top or 1.0))
+    ax.set(title=f"test (top {metrics['beam_size']})", ylim=(0, 1.25 * top or 1.0))
     ax.legend()
 
 
@@ -145,8 +145,10 @@ def write_run_report(run_dir: str | Path) -> Path:
         _read(artifacts.stage_dir(run_dir, stage) / artifacts.TRAIN_SUMMARY)
         for stage in (artifacts.TRAIN, artifacts.FINETUNE)
     ]
-    summary = stages[0]
-    run = _joined([s for s in stages if s is not None]) if summary else None
+    summary, tuned = stages
+    if tuned is not None and (summary is None or tuned.get("method") != summary.get("method")):
+        tuned = None  # another method's, left in a shared run folder
+    run = _joined([s for s in (summary, tuned) if s is not None]) if summary else None
     tokenizer = artifacts.stage_dir(run_dir, artifacts.TOKENIZER) / artifacts.TOKENIZER_REPORT
     metrics = _read(run_dir / artifacts.METRICS)
     curriculum = (summary or {}).get("curriculum")

@@ -13,6 +13,10 @@ from torch import Tensor
 from genrec.trainer.item_codes import ItemCodes
 from genrec.trainer.model import code_cross_entropy
 
+# The names of the recommender's own loss term, whatever else a method adds (the run's
+# training-loss curve follows it; ETEGRec's tokenizer steps have none).
+MODEL_TERMS = ("generation", "retrieval")
+
 
 @dataclass
 class Batch:

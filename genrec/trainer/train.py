@@ -39,7 +39,7 @@ from genrec.trainer.evaluate import split_loss, split_metrics, table_digests
 from genrec.trainer.hooks import MethodHooks
 from genrec.trainer.item_codes import ItemCodes
 from genrec.trainer.model import GenerativeRecommender, ModelConfig
-from genrec.trainer.objective import Batch
+from genrec.trainer.objective import MODEL_TERMS, Batch
 from genrec.trainer.state import Stateful, load_states, save_states
 
 DEEPSPEED_TAG = "deepspeed"
@@ -367,8 +367,9 @@ class Loop:
         per_rank = [None] * self.world_size
         dist.all_gather_object(per_rank, rates["samples_per_s"])
         meter.reset()
-        if "generation" in terms:  # the model's own loss (ETEGRec's tokenizer steps have none)
-            self.progress.losses.append([step, terms["generation"]])
+        own = [terms[name] for name in MODEL_TERMS if name in terms]
+        if own:
+            self.progress.losses.append([step, own[0]])
         if writer is None:
             return terms
         for name, value in terms.items():
