@@ -15,6 +15,7 @@ one warm-up batch; encoding is included in both.
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -35,16 +36,17 @@ class WithUserCodes:
     def __init__(self, search: BeamSearchRanker, retrieval: RetrievalRanker):
         self.search, self.catalogue = search, retrieval.catalogue
 
-    def top_k(self, model, history_codes, user, k):
-        return self.search.top_k(model, history_codes, self.catalogue.users(user), k)
+    def top_k(self, model, batch, k):
+        users = self.catalogue.user_codes(batch)
+        return self.search.top_k(model, replace(batch, user=users), k)
 
 
 def users_per_second(ranker, model, batches, k: int) -> float:
-    ranker.top_k(model, batches[0].history_codes, batches[0].user, k)  # warm-up
+    ranker.top_k(model, batches[0], k)  # warm-up
     started, users = time.perf_counter(), 0
     with torch.no_grad():
         for batch in batches:
-            ranker.top_k(model, batch.history_codes, batch.user, k)
+            ranker.top_k(model, batch, k)
             users += len(batch.user)
     return users / (time.perf_counter() - started)
 

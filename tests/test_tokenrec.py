@@ -14,18 +14,26 @@ from genrec import artifacts, stages
 from genrec.config import load_config
 from genrec.data_pipeline.prepared import load_prepared
 from genrec.errors import ConfigError, DataError
-from genrec.trainer.config import RetrievalLoss
+from genrec.trainer.config import RetrievalLoss, UserTokens
+from genrec.trainer.evaluate import eval_batches
 from genrec.trainer.item_codes import ItemCodes
 from genrec.trainer.model import GenerativeRecommender, ModelConfig
 from genrec.trainer.objective import Batch
 from genrec.trainer.preference import (
     Catalogue,
+    HistoryCoder,
     RetrievalLossFn,
     RetrievalRanker,
+    UserTable,
     check_head,
     load_catalogue,
 )
-from genrec.trainer.retrieval import Similarity
+from genrec.trainer.retrieval import (
+    ApproximateIndex,
+    Search,
+    Similarity,
+    recall_against_exact,
+)
 from tests.conftest import on_train_workers
 
 TINY = [
@@ -95,12 +103,12 @@ def test_retrieval_ranks_like_scoring_every_item():
     model = small_model().eval()
     items = torch.randn(50, 16)
     users = torch.randint(0, 8, (10, 3))
-    catalogue = Catalogue(users, items)
-    codes, user = history(), torch.tensor([3, 1, 7, 0])
+    catalogue = Catalogue(items, UserTable(users))
+    batch = _batch(torch.tensor([4, 8, 15, 16]), history(), user=torch.tensor([3, 1, 7, 0]))
     for similarity in Similarity:
-        top = RetrievalRanker(catalogue, similarity).top_k(model, codes, user, 10)
+        top = RetrievalRanker(catalogue, similarity).top_k(model, batch, 10)
         with torch.no_grad():
-            query = model(codes, None, users[user])
+            query = model(batch.history_codes, None, users[batch.user])
         if similarity is Similarity.cosine:
             scores = torch.nn.functional.normalize(query, dim=-1) @ (
                 torch.nn.functional.normalize(items, dim=-1).T
@@ -110,12 +118,29 @@ def test_retrieval_ranks_like_scoring_every_item():
         assert torch.equal(top, scores.topk(10, dim=1).indices)
 
 
-def _batch(targets: torch.Tensor) -> Batch:
+def test_hnsw_search_finds_what_exact_retrieval_finds():
+    """`trainer.tokenrec.search=hnsw` ranks through the faiss index: on a small catalogue its
+    top-10 is the exact one."""
+    model = small_model().eval()
+    items = torch.randn(400, 16)
+    catalogue = Catalogue(items, UserTable(torch.randint(0, 8, (10, 3))))
+    batch = _batch(torch.arange(4), history(), user=torch.tensor([3, 1, 7, 0]))
+    exact = RetrievalRanker(catalogue, Similarity.cosine).top_k(model, batch, 10)
+    index = ApproximateIndex(items.numpy(), Similarity.cosine)
+    found = RetrievalRanker(catalogue, Similarity.cosine, index).top_k(model, batch, 10)
+    assert recall_against_exact(found, exact) >= 0.95
+    cfg = load_config([], ["method=tokenrec", "trainer.tokenrec.search=hnsw"])
+    assert cfg.trainer.tokenrec.search is Search.hnsw
+
+
+def _batch(
+    targets: torch.Tensor, codes: torch.Tensor | None = None, user: torch.Tensor | None = None
+) -> Batch:
     size = len(targets)
-    codes = torch.zeros(size, 2, 4, dtype=torch.long)
+    codes = torch.zeros(size, 2, 4, dtype=torch.long) if codes is None else codes
     return Batch(
-        user=torch.arange(size),
-        history=torch.zeros(size, 2, dtype=torch.long),
+        user=torch.arange(size) if user is None else user,
+        history=codes[:, :, 0],
         target=targets,
         group=torch.zeros(size, dtype=torch.long),
         history_codes=codes,
@@ -128,7 +153,7 @@ def test_losses_are_lowest_for_the_target_vector(loss):
     torch.manual_seed(0)
     items = torch.randn(200, 16)
     targets = torch.tensor([5, 17, 40, 99])
-    catalogue = Catalogue(None, items)
+    catalogue = Catalogue(items)
     fn = RetrievalLossFn(
         catalogue, loss, 32, 0.1, 0.0, Similarity.cosine, torch.Generator().manual_seed(0)
     )
@@ -146,13 +171,13 @@ def test_losses_are_lowest_for_the_target_vector(loss):
 def test_head_and_catalogue_mismatches_are_clear_errors():
     model = small_model(dim=16)
     with pytest.raises(ValueError, match="projects into 16 dimensions, the item vectors have 8"):
-        check_head(model, Catalogue(None, torch.randn(20, 8)))
-    catalogue = Catalogue(torch.zeros(5, 3, dtype=torch.long), torch.randn(20, 16))
+        check_head(model, Catalogue(torch.randn(20, 8)))
+    catalogue = Catalogue(torch.randn(20, 16), UserTable(torch.zeros(5, 3, dtype=torch.long)))
     with pytest.raises(DataError, match="user 9 has no MQ tokens"):
-        catalogue.users(torch.tensor([1, 9]))
+        catalogue.user_codes(_batch(torch.tensor([0, 0]), user=torch.tensor([1, 9])))
     ranker = RetrievalRanker(catalogue, Similarity.cosine)
     with pytest.raises(ValueError, match="top-k of 30 asked of a catalogue of 20 items"):
-        ranker.top_k(model.eval(), history(), torch.tensor([0, 1, 2, 3]), 30)
+        ranker.top_k(model.eval(), _batch(torch.arange(4), history()), 30)
 
 
 def test_tokenrec_needs_the_mq_tokenizer():
@@ -193,16 +218,48 @@ def test_tokenrec_runs_end_to_end_and_ranks_unseen_users(tokenized):
     tables = stages.id_tables(cfg)
     codes = ItemCodes.load(tables, data.num_items, cfg.tokenizer.codebook_size)
     catalogue = load_catalogue(cfg, codes, tables)
-    assert len(catalogue.user_codes) == trained + unseen
+    assert isinstance(catalogue.users, HistoryCoder)
     assert catalogue.items.shape == (data.num_items, cfg.lightgcn.dim)
+    # Coded from their histories, unseen users get the codes the users' table gave them.
+    table = load_catalogue(with_user_tokens(cfg, "table"), codes, tables).users
+    assert len(table.codes) == trained + unseen
+    _, batch = next(eval_batches(data.holdout, codes, 64))
+    assert torch.equal(catalogue.user_codes(batch), table(batch))
     users = tables[0].parent.parent / "users"
     shutil.copytree(users, folder / "users-kept")
     shutil.rmtree(users)
     try:
-        with pytest.raises(DataError, match=r"users/semantic_ids.parquet.*TokenRec reads"):
+        with pytest.raises(DataError, match=r"users/tokenizer.pt.*TokenRec reads"):
             load_catalogue(cfg, codes, tables)
+        with pytest.raises(DataError, match=r"users/semantic_ids.parquet.*TokenRec reads"):
+            load_catalogue(with_user_tokens(cfg, "table"), codes, tables)
     finally:
         shutil.copytree(folder / "users-kept", users)
+
+
+def with_user_tokens(cfg, mode: str):
+    cfg = cfg.copy()
+    cfg.trainer.tokenrec.user_tokens = UserTokens(mode)
+    return cfg
+
+
+def test_history_user_tokens_read_the_history_alone():
+    """The same history gives the same codes whoever the user and whatever the target, and
+    another history other codes: no example's tokens can know its target."""
+    from genrec.tokenizers.config import TokenizerConfig
+    from genrec.tokenizers.mq import MaskedVQ
+
+    torch.manual_seed(0)
+    tokenizer = MaskedVQ(
+        16, TokenizerConfig(num_levels=3, codebook_size=8, hidden_dims=[16], latent_dim=8)
+    )
+    coder = HistoryCoder(torch.randn(30, 16), torch.randint(1, 5, (30,)), tokenizer)
+    histories = torch.randint(0, 30, (6, 5, 4))
+    a = coder(_batch(torch.arange(6), histories, user=torch.arange(6)))
+    b = coder(_batch(torch.arange(6) + 10, histories, user=torch.arange(6) + 100))
+    assert a.shape == (6, 3) and torch.equal(a, b)
+    others = coder(_batch(torch.arange(6), (histories + 7) % 30))
+    assert not torch.equal(a, others)
 
 
 def _preferences_on(cfg, storage, workers: int) -> list[list[float]]:
@@ -236,7 +293,7 @@ def _preferences_on(cfg, storage, workers: int) -> list[list[float]]:
         rows = probe | {"group": torch.zeros_like(probe["target"])}
         batch = Batch.coded(rows, loop.codes, loop.device)
         with torch.no_grad():
-            users = loop.objective.catalogue.users(batch.user)
+            users = loop.objective.catalogue.user_codes(batch)
             vectors = loop.eval_model(batch.history_codes, None, users)
         if rank == 0:
             out.write_text(json.dumps(vectors.tolist()))

@@ -14,7 +14,12 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from genrec.artifacts import HOLDOUT_USER_EMBEDDINGS, ITEM_EMBEDDINGS, USER_EMBEDDINGS
+from genrec.artifacts import (
+    HOLDOUT_USER_EMBEDDINGS,
+    ITEM_DEGREES,
+    ITEM_EMBEDDINGS,
+    USER_EMBEDDINGS,
+)
 from genrec.cf.training import split_batches, train_cf_model
 from genrec.data_pipeline.prepared import EvalSet, PreparedData
 
@@ -37,19 +42,31 @@ def normalized_adjacency(
     return torch.sparse_coo_tensor(indices, values, (size, size), check_invariants=True).coalesce()
 
 
+def propagated(history: torch.Tensor, items: torch.Tensor, degree: torch.Tensor) -> torch.Tensor:
+    """Vectors [B, D] of users from their histories [B, H] (-1: padding) alone, no retraining:
+    one propagation step from the trained item vectors [N, D], sum_i e_i / sqrt(|N(u)| deg(i))
+    over the distinct history items with training interactions (LightGCN's first layer)."""
+    valid = history >= 0
+    item = history.clamp(min=0)
+    earlier = torch.ones(history.size(1), history.size(1), dtype=torch.bool).tril(-1)
+    repeated = ((history[:, :, None] == history[:, None, :]) & earlier.to(history.device)).any(-1)
+    counted = valid & ~repeated & (degree[item] > 0)
+    count = counted.sum(-1, keepdim=True).clamp(min=1)
+    weight = counted / torch.sqrt(count * degree[item].clamp(min=1))
+    return torch.einsum("bh,bhd->bd", weight.to(items.dtype), items[item])
+
+
 def unseen_users(
     split: EvalSet, first_user: int, items: np.ndarray, degree: np.ndarray
 ) -> np.ndarray:
-    """Vectors of users outside the graph from their histories alone, no retraining: one
-    propagation step from the trained item vectors, sum_i e_i / sqrt(|N(u)| deg(i)) over the
-    distinct history items with training interactions (LightGCN's first layer). Row u -
-    `first_user` holds user u."""
+    """`propagated` vectors of users outside the graph; row u - `first_user` holds user u."""
+    lengths = np.diff(split.offsets)
+    history = np.full((split.users.size, max(int(lengths.max(initial=0)), 1)), -1)
+    history[np.arange(history.shape[1]) >= history.shape[1] - lengths[:, None]] = split.history
     out = np.zeros((split.users.size, items.shape[1]), dtype=np.float32)
-    for row, user in enumerate(split.users):
-        seen = np.unique(split.history[split.offsets[row] : split.offsets[row + 1]])
-        seen = seen[degree[seen] > 0]
-        if seen.size:
-            out[user - first_user] = (1 / np.sqrt(seen.size * degree[seen])) @ items[seen]
+    out[split.users - first_user] = propagated(
+        torch.from_numpy(history), torch.from_numpy(items), torch.from_numpy(degree)
+    ).numpy()
     return out
 
 
@@ -139,8 +156,9 @@ class LightGCNTrainer:
         items = item_vectors.cpu().numpy().astype(np.float32)
         np.save(out_dir / USER_EMBEDDINGS, user_vectors.cpu().numpy().astype(np.float32))
         np.save(out_dir / ITEM_EMBEDDINGS, items)
+        degree = np.bincount(self.positives, minlength=self.num_items)  # distinct users
+        np.save(out_dir / ITEM_DEGREES, degree)
         if self.holdout is not None:
-            degree = np.bincount(self.positives, minlength=self.num_items)
             unseen = unseen_users(self.holdout, self.num_users, items, degree)
             np.save(out_dir / HOLDOUT_USER_EMBEDDINGS, unseen)
 

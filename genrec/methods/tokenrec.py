@@ -16,12 +16,13 @@ from omegaconf import DictConfig
 from genrec.methods.spec import MethodSpec
 from genrec.schema import Invalid
 from genrec.tokenizers.config import TokenizerName
+from genrec.trainer.config import UserTokens
 from genrec.trainer.preference import retrieval, retrieval_loss
 
 
 def model_fields(cfg: DictConfig) -> dict[str, int]:
     """The user's tokens before the history, and a head into the LightGCN item space."""
-    tokens = cfg.trainer.tokenrec.user_tokens
+    tokens = cfg.trainer.tokenrec.user_tokens is not UserTokens.none
     return {
         "user_code_levels": cfg.tokenizer.num_levels if tokens else 0,
         "user_codebook_size": cfg.tokenizer.codebook_size if tokens else 0,

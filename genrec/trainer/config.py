@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from genrec.schema import Invalid, at_least, device_name, option, positive
-from genrec.trainer.retrieval import Similarity
+from genrec.trainer.retrieval import Search, Similarity, faiss_missing
 
 
 class Precision(Enum):
@@ -112,11 +112,23 @@ class EtegrecConfig:
 
 
 class RetrievalLoss(Enum):
-    """TokenRec's training signal: softmax over the target and sampled items (in-batch targets
-    plus uniform negatives), or the paper's cosine embedding loss against sampled negatives."""
+    """TokenRec's training signal: softmax over the target and uniformly sampled items, or the
+    paper's cosine embedding loss against sampled negatives."""
 
     softmax = "softmax"
     cosine = "cosine"
+
+
+class UserTokens(Enum):
+    """Where TokenRec's user tokens come from. `table` is the paper's: the MQ codes of the
+    user's trained LightGCN vector, which saw every training item, so a training example's
+    user tokens already know its target. `history` codes each example's own history,
+    propagated one LightGCN step, in training and evaluation alike (as the paper codes unseen
+    users)."""
+
+    none = "none"
+    table = "table"
+    history = "history"
 
 
 @dataclass
@@ -127,14 +139,19 @@ class TokenrecConfig:
     negatives: int = option(256, "uniform negative items per micro-batch (softmax) or example")
     temperature: float = option(0.1, "softmax temperature of the cosine scores")
     margin: float = option(0.0, "cosine loss: negatives count above this similarity")
-    user_tokens: bool = option(True, "read the user's MQ tokens before the history")
+    user_tokens: UserTokens = option(
+        UserTokens.history, "the user's MQ tokens: of its history (history), table or none"
+    )
     similarity: Similarity = option(Similarity.cosine, "retrieval score: cosine or dot")
+    search: Search = option(Search.exact, "top-K: exact (every item) or hnsw (faiss: genrec[ann])")
 
     def check(self) -> None:
         at_least(self, 1, "negatives")
         positive(self, "temperature")
         if not -1.0 <= self.margin < 1.0:
             raise Invalid("margin", f"must be in [-1, 1), got {self.margin}")
+        if self.search is Search.hnsw and (missing := faiss_missing()):
+            raise Invalid("search", f"is hnsw, but {missing}")
 
 
 @dataclass

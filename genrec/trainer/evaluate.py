@@ -87,7 +87,7 @@ def split_metrics(
     ranks = []
     desc = f"rank {split.name}" if progress else None
     for rows, batch in eval_batches(split, codes, batch_size, desc):
-        items = ranker.top_k(model, batch.history_codes, batch.user, k)
+        items = ranker.top_k(model, batch, k)
         ranks.append(ranks_in_lists(items.cpu().numpy(), split.targets[rows]))
     model.train(was_training)
     return ranking_metrics(np.concatenate(ranks), tuple(x for x in KS if x <= k))

@@ -5,12 +5,14 @@ nearest-neighbour search over them (genrec/trainer/retrieval.py) instead of beam
 The model reads the user's codes before the history (`ModelConfig.user_code_levels`); its
 retrieval head is the decoder's first state through `embedding_adapter`
 (`GenerativeRecommender.preference`). What it is trained against comes from the tokenizer run
-the ID table belongs to: the users' MQ table beside the items', and the item vectors the
-tokenizer read (LightGCN's).
+the ID table belongs to: the item vectors the tokenizer read (LightGCN's), and the users'
+codes, from their MQ table or coded from each example's history by the users' MQ tokenizer
+(`trainer.tokenrec.user_tokens`).
 """
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -19,34 +21,64 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
 
-from genrec.artifacts import semantic_ids
+from genrec.artifacts import ITEM_DEGREES, TOKENIZER_CHECKPOINT, semantic_ids
+from genrec.cf.lightgcn import propagated
 from genrec.errors import ConfigError, DataError
+from genrec.tokenizers.base import Tokenizer
+from genrec.tokenizers.checkpoints import load_tokenizer
 from genrec.tokenizers.tokenize import load_vectors
-from genrec.trainer.config import RetrievalLoss
+from genrec.trainer.config import RetrievalLoss, UserTokens
 from genrec.trainer.end_to_end import tokenizer_input
 from genrec.trainer.item_codes import ItemCodes, read_table
 from genrec.trainer.objective import Batch
-from genrec.trainer.retrieval import Similarity, exact_top_k
+from genrec.trainer.retrieval import ApproximateIndex, Search, Similarity, exact_top_k
+
+
+class UserCoder(Protocol):
+    def __call__(self, batch: Batch) -> Tensor:
+        """The MQ codes [B, L] of the batch's users."""
+
+
+@dataclass
+class UserTable:
+    """The paper's user tokens: each user's row of the MQ users' table (a trained user's from
+    its LightGCN vector, a held-out user's from its propagated history)."""
+
+    codes: Tensor
+
+    def __call__(self, batch: Batch) -> Tensor:
+        if batch.user.numel() and int(batch.user.max()) >= len(self.codes):
+            raise DataError(
+                "tokenizer/users",
+                f"user {int(batch.user.max())} has no MQ tokens (the table holds "
+                f"{len(self.codes)} users); tokenize again",
+            )
+        return self.codes[batch.user]
+
+
+@dataclass
+class HistoryCoder:
+    """Each example's user tokens from its own history: one LightGCN propagation step from the
+    item vectors, coded by the users' MQ tokenizer. Training and evaluation read them alike, so
+    no training example's tokens have seen its target."""
+
+    items: Tensor
+    degree: Tensor
+    tokenizer: Tokenizer
+
+    def __call__(self, batch: Batch) -> Tensor:
+        return self.tokenizer.encode(propagated(batch.history, self.items, self.degree))
 
 
 @dataclass
 class Catalogue:
-    """The users' codes [U, L] (None: the model reads no user) and the item vectors [N, D]."""
+    """The item vectors [N, D] and where the users' codes come from (None: no user tokens)."""
 
-    user_codes: Tensor | None
     items: Tensor
+    users: UserCoder | None = None
 
-    def users(self, user: Tensor) -> Tensor | None:
-        """Codes of the users `user` [B]; a clear error for a user the tokenizer never saw."""
-        if self.user_codes is None:
-            return None
-        if user.numel() and int(user.max()) >= len(self.user_codes):
-            raise DataError(
-                "tokenizer/users",
-                f"user {int(user.max())} has no MQ tokens (the table holds "
-                f"{len(self.user_codes)} users); tokenize again",
-            )
-        return self.user_codes[user]
+    def user_codes(self, batch: Batch) -> Tensor | None:
+        return None if self.users is None else self.users(batch)
 
 
 def tokenizer_dir(tables: list[Path]) -> Path:
@@ -54,33 +86,49 @@ def tokenizer_dir(tables: list[Path]) -> Path:
     return Path(tables[0]).parent.parent
 
 
-def load_catalogue(cfg: DictConfig, codes: ItemCodes, tables: list[Path]) -> Catalogue:
-    """The user codes and item vectors of the run's tokenizer, on the codes' device."""
-    folder = tokenizer_dir(tables)
-    path = tokenizer_input(folder)
-    items = load_vectors(path, codes.num_items)
-    if items.shape[1] != cfg.lightgcn.dim:
-        raise ConfigError(
-            f"config key 'lightgcn.dim' ({cfg.lightgcn.dim}) sizes the retrieval head, but the "
-            f"item vectors {path} have {items.shape[1]} dimensions"
-        )
-    user_codes = None
-    if cfg.trainer.tokenrec.user_tokens:
-        path = semantic_ids(folder, "users")
-        if not path.exists():
-            raise DataError(
-                str(path),
-                "TokenRec reads the users' MQ tokens, and this tokenizer run wrote none; "
-                "set tokenizer.name=mq (it tokenizes LightGCN's users and items)",
-            )
+def _required(path: Path, why: str) -> Path:
+    if not path.exists():
+        raise DataError(str(path), why)
+    return path
+
+
+def user_coder(cfg: DictConfig, folder: Path, items: Tensor, vectors: Path) -> UserCoder | None:
+    """The users' codes `trainer.tokenrec.user_tokens` asks for, from the tokenizer run."""
+    mode = cfg.trainer.tokenrec.user_tokens
+    if mode is UserTokens.none:
+        return None
+    again = "TokenRec reads the users' MQ tokenizer, and this tokenizer run wrote none; "
+    again += "set tokenizer.name=mq (it tokenizes LightGCN's users and items)"
+    if mode is UserTokens.table:
+        path = _required(semantic_ids(folder, "users"), again)
         rows = pq.read_metadata(path).num_rows
         table = read_table(path, rows, cfg.tokenizer.codebook_size, "user")
-        user_codes = torch.as_tensor(table[:, :-1])
-    device = codes.table.device
-    return Catalogue(
-        None if user_codes is None else user_codes.to(device),
-        torch.as_tensor(np.asarray(items)).to(device),
+        return UserTable(torch.as_tensor(table[:, :-1]).to(items.device))
+    tokenizer = load_tokenizer(_required(folder / "users" / TOKENIZER_CHECKPOINT, again))
+    degrees = _required(
+        vectors.parent / ITEM_DEGREES,
+        f"user tokens from histories need the item degrees LightGCN writes beside {vectors.name}; "
+        "delete that folder to train LightGCN again",
     )
+    degree = np.load(degrees)
+    if degree.shape != (len(items),):
+        raise DataError(str(degrees), f"holds {degree.shape} degrees for {len(items)} items")
+    degree = torch.as_tensor(degree)
+    return HistoryCoder(items, degree.to(items.device), tokenizer.to(items.device))
+
+
+def load_catalogue(cfg: DictConfig, codes: ItemCodes, tables: list[Path]) -> Catalogue:
+    """The item vectors and user coder of the run's tokenizer, on the codes' device."""
+    folder = tokenizer_dir(tables)
+    path = tokenizer_input(folder)
+    vectors = load_vectors(path, codes.num_items)
+    if vectors.shape[1] != cfg.lightgcn.dim:
+        raise ConfigError(
+            f"config key 'lightgcn.dim' ({cfg.lightgcn.dim}) sizes the retrieval head, but the "
+            f"item vectors {path} have {vectors.shape[1]} dimensions"
+        )
+    items = torch.as_tensor(np.asarray(vectors)).to(codes.table.device)
+    return Catalogue(items, user_coder(cfg, folder, items, path))
 
 
 def check_head(model: torch.nn.Module, catalogue: Catalogue) -> None:
@@ -111,7 +159,7 @@ class RetrievalLossFn:
     generator: torch.Generator
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        preference = model(batch.history_codes, None, self.catalogue.users(batch.user))
+        preference = model(batch.history_codes, None, self.catalogue.user_codes(batch))
         items = self.catalogue.items
         drawn = torch.randint(len(items), (self.negatives,), generator=self.generator)
         drawn = drawn.to(items.device)
@@ -138,14 +186,18 @@ def scores_against(preference: Tensor, candidates: Tensor, similarity: Similarit
 
 @dataclass
 class RetrievalRanker:
-    """Exact top-k of every item's vector against each user's preference vector."""
+    """The top-k items' vectors against each user's preference vector: every item scored, or
+    the approximate index's neighbours when one is given."""
 
     catalogue: Catalogue
     similarity: Similarity
+    index: ApproximateIndex | None = None
 
-    def top_k(self, model: torch.nn.Module, history_codes: Tensor, user: Tensor, k: int) -> Tensor:
+    def top_k(self, model: torch.nn.Module, batch: Batch, k: int) -> Tensor:
         check_head(model, self.catalogue)
-        preference = model(history_codes, None, self.catalogue.users(user))
+        preference = model(batch.history_codes, None, self.catalogue.user_codes(batch))
+        if self.index is not None:
+            return self.index.search(preference, k)[1].to(preference.device)
         return exact_top_k(preference, self.catalogue.items, k, self.similarity)[1]
 
 
@@ -168,4 +220,9 @@ def retrieval(cfg: DictConfig, codes: ItemCodes, tables: list[Path]) -> Retrieva
             f"config key 'evaluate.beam_size' ({cfg.evaluate.beam_size}) asks for more items "
             f"than the catalogue's {codes.num_items}"
         )
-    return RetrievalRanker(load_catalogue(cfg, codes, tables), cfg.trainer.tokenrec.similarity)
+    settings = cfg.trainer.tokenrec
+    catalogue = load_catalogue(cfg, codes, tables)
+    index = None
+    if settings.search is Search.hnsw:
+        index = ApproximateIndex(catalogue.items.cpu().numpy(), settings.similarity)
+    return RetrievalRanker(catalogue, settings.similarity, index)

@@ -14,12 +14,14 @@ from torch import Tensor
 from genrec.trainer.beam_search import beam_search
 from genrec.trainer.item_codes import ItemCodes
 from genrec.trainer.model import GenerativeRecommender
+from genrec.trainer.objective import Batch
 from genrec.trainer.trie import ItemTrie
 
 
 class Ranker(Protocol):
-    def top_k(self, model: torch.nn.Module, history_codes: Tensor, user: Tensor, k: int) -> Tensor:
-        """Item ids [B, k], best first; -1 where fewer than k items can be ranked."""
+    def top_k(self, model: torch.nn.Module, batch: Batch, k: int) -> Tensor:
+        """Item ids [B, k] for the batch's histories, best first; -1 where fewer than k items
+        can be ranked."""
 
 
 @dataclass
@@ -33,7 +35,5 @@ class BeamSearchRanker:
         trie = ItemTrie.from_codes(codes.group(0).cpu())
         return cls(trie.to(codes.table.device))
 
-    def top_k(
-        self, model: GenerativeRecommender, history_codes: Tensor, user: Tensor, k: int
-    ) -> Tensor:
-        return beam_search(model, self.trie, history_codes, k, user)[0]
+    def top_k(self, model: GenerativeRecommender, batch: Batch, k: int) -> Tensor:
+        return beam_search(model, self.trie, batch.history_codes, k, batch.user)[0]

@@ -24,6 +24,22 @@ class Similarity(Enum):
     dot = "dot"
 
 
+class Search(Enum):
+    """Exact scoring of every item, or faiss HNSW for catalogues too large for it."""
+
+    exact = "exact"
+    hnsw = "hnsw"
+
+
+def faiss_missing() -> str | None:
+    """Why the approximate index cannot be built here, or None when it can."""
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return "approximate retrieval needs faiss: pip install 'genrec[ann]'"
+    return None
+
+
 def _check_k(k: int, num_items: int) -> None:
     if not 1 <= k <= num_items:
         raise ValueError(f"top-k of {k} asked of a catalogue of {num_items} items")
@@ -73,12 +89,10 @@ class ApproximateIndex:
         neighbours: int = 32,
         search_depth: int = 128,
     ):
-        try:
-            import faiss
-        except ImportError as err:
-            raise ImportError(
-                "approximate retrieval needs faiss: pip install 'genrec[ann]'"
-            ) from err
+        if missing := faiss_missing():
+            raise ImportError(missing)
+        import faiss
+
         self.similarity, self.digest = similarity, vectors_digest(items)
         vectors = _prepared(torch.from_numpy(np.asarray(items)), similarity).numpy()
         self.index = faiss.IndexHNSWFlat(vectors.shape[1], neighbours, faiss.METRIC_INNER_PRODUCT)
@@ -99,7 +113,7 @@ class ApproximateIndex:
     def search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """(scores, item ids) [B, k], best first, as `exact_top_k` gives them."""
         _check_k(k, self.num_items)
-        prepared = _prepared(queries.cpu(), self.similarity).numpy()
+        prepared = _prepared(queries.detach().cpu(), self.similarity).numpy()
         scores, ids = self.index.search(prepared, k)
         return torch.from_numpy(scores), torch.from_numpy(ids).long()
 
