@@ -51,6 +51,13 @@ class GenrecConfig:
                 f"({self.finetune.candidates}) name tables beyond the "
                 f"{self.tokenizer.tables} of tokenizer.tables",
             )
+        stride = self.trainer.window_stride
+        if stride is not None and stride > self.data.max_history:
+            raise Invalid(
+                "trainer.window_stride",
+                f"({stride}) must be at most data.max_history ({self.data.max_history}): a "
+                "window holds at most that many items",
+            )
         if 0 < self.evaluate.valid_users < self.cluster.num_workers:
             raise Invalid(
                 "evaluate.valid_users",

@@ -45,7 +45,7 @@ from genrec.errors import ConfigError, GenrecError, TrainingFailed, user_error
 from genrec.methods import method_spec
 from genrec.provenance import atomic_file, made_with, to_plain, write_json
 from genrec.tokenizers.tokenize import id_table_bytes
-from genrec.trainer.config import batch_plan
+from genrec.trainer.config import batch_plan, window_stride
 from genrec.trainer.item_codes import ItemCodes
 from genrec.trainer.train import Loop, train_fingerprint
 
@@ -163,6 +163,7 @@ class Worker:
             rng,
             None if curriculum is None else curriculum.weights,
             self.cfg.seed,
+            stride=window_stride(self.cfg),
         )
 
     def run(self) -> None:

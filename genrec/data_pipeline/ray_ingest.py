@@ -28,6 +28,8 @@ from genrec.data_pipeline.streaming import (
     length_grouped,
     prefix_examples,
     shuffled,
+    targets_of,
+    window_examples,
 )
 
 
@@ -263,12 +265,15 @@ def stream_batches(
     group_weights: Callable[[], np.ndarray] | None = None,
     draw_seed: int = 0,
     pool_batches: int = 32,
+    stride: int | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Collated, length-grouped, shuffled prefix-example batches from Ray batches of sequences;
-    each batch keeps its examples' (unit, row) as `source` for the tracker.
+    """Collated, length-grouped, shuffled batches of `batch_size` targets from Ray batches of
+    sequences: prefix examples, or with a `stride` the causal encoder's windows. Each batch
+    keeps the (unit, row) of each of its targets as `source` for the tracker.
 
     Every example, history and target alike, is read in one of G code groups (`group`), drawn
-    with the weights `group_weights()` holds when its batch leaves (None: the single group 0)."""
+    with the weights `group_weights()` holds when its batch leaves (None: the single group 0);
+    a sequence's windows share the draw of its first target (one tokenizer per sequence)."""
 
     def examples() -> Iterator[Example]:
         for block in sequences:
@@ -278,9 +283,14 @@ def stream_batches(
                 count = max(len(items) - 1, 0)
                 tracker.received(int(unit), int(row), count)
                 draws = group_draws(draw_seed, int(unit), int(row), count)
-                prefixes = prefix_examples(int(user), np.asarray(items), max_history)
-                for example, draw in zip(prefixes, draws, strict=True):
-                    example["source"], example["draw"] = (int(unit), int(row)), draw
+                items = np.asarray(items)
+                if stride is None:
+                    cut = prefix_examples(int(user), items, max_history)
+                else:
+                    cut = window_examples(int(user), items, max_history, stride)
+                for index, example in enumerate(cut):
+                    example["source"] = (int(unit), int(row))
+                    example["draw"] = draws[index if stride is None else 0]
                     yield example
 
     stream = shuffled(examples(), shuffle_buffer, rng) if shuffle_buffer > 1 else examples()
@@ -293,5 +303,5 @@ def stream_batches(
         yield {
             **collate(batch),
             "group": torch.from_numpy(groups),
-            "source": np.array([ex["source"] for ex in batch]),
+            "source": np.array([ex["source"] for ex in batch for _ in range(targets_of(ex))]),
         }

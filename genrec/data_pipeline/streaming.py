@@ -2,7 +2,8 @@
 
 Neither loads the dataset into one process: each reader opens only its own shards (or, when
 there are fewer shards than readers, every reader skims all shards and keeps its own samples).
-Examples are every prefix of a user's training sequence predicting the next item.
+Examples are every prefix of a user's training sequence predicting the next item, or, for the
+causal encoder, windows of the sequence in which every item predicts the next.
 """
 
 import itertools
@@ -39,6 +40,28 @@ def prefix_examples(
     """Each item from position `first` on as a target, after up to max_history before it."""
     for t in range(first, seq.size):
         yield {"user": user, "history": seq[max(0, t - max_history) : t], "target": int(seq[t])}
+
+
+def window_examples(user: int, seq: np.ndarray, max_history: int, stride: int) -> Iterator[Example]:
+    """The causal encoder's examples: windows of up to max_history items, each item's target
+    the next one (-1 where a target is not trained here). The first window trains the targets
+    it holds, each later one the next `stride` targets, so every target is trained once and
+    sees at least max_history - stride + 1 items (all before it, up to max_history, in the
+    first window: as `prefix_examples`)."""
+    trained, last = 0, seq.size - 1
+    while trained < last:
+        end = min(last, trained + (max_history if trained == 0 else stride))
+        start = max(0, end - max_history)
+        target = seq[start + 1 : end + 1].astype(np.int64)
+        target[: trained - start] = -1
+        yield {"user": user, "history": seq[start:end], "target": target}
+        trained = end
+
+
+def targets_of(example: Example) -> int:
+    """How many targets an example trains: one, or a window's trained ones."""
+    target = example["target"]
+    return 1 if np.isscalar(target) else int((target >= 0).sum())
 
 
 def shuffled(examples: Iterator[Example], size: int, rng: np.random.Generator) -> Iterator[Example]:
@@ -122,34 +145,64 @@ class TrainExamples(IterableDataset):
         return shuffled(examples, self.shuffle_buffer, rng)
 
 
-def collate(examples: list[Example], pad: int = -1) -> dict[str, torch.Tensor]:
-    """Left-pad histories so the most recent item is always in the last column."""
-    width = max(len(ex["history"]) for ex in examples)
-    history = np.full((len(examples), width), pad, dtype=np.int64)
-    for row, ex in enumerate(examples):
-        if len(ex["history"]):
-            history[row, width - len(ex["history"]) :] = ex["history"]
+def right_aligned(rows: list[np.ndarray], pad: int = -1) -> torch.Tensor:
+    """Rows of different lengths [B, longest], right-aligned: the last column is the newest."""
+    width = max(len(row) for row in rows)
+    out = np.full((len(rows), width), pad, dtype=np.int64)
+    for index, row in enumerate(rows):
+        if len(row):
+            out[index, width - len(row) :] = row
+    return torch.from_numpy(out)
+
+
+def collate(examples: list[Example]) -> dict[str, torch.Tensor]:
+    """Left-pad histories (and windows' targets, aligned with them) so the most recent item is
+    always in the last column."""
+    targets = [ex["target"] for ex in examples]
     return {
         "user": torch.tensor([ex["user"] for ex in examples], dtype=torch.long),
-        "history": torch.from_numpy(history),
-        "target": torch.tensor([ex["target"] for ex in examples], dtype=torch.long),
+        "history": right_aligned([ex["history"] for ex in examples]),
+        "target": (
+            torch.tensor(targets, dtype=torch.long)
+            if np.isscalar(targets[0])
+            else right_aligned(targets)
+        ),
     }
 
 
 def length_grouped(
     examples: Iterator[Example], batch_size: int, pool_batches: int, rng: np.random.Generator
 ) -> Iterator[list[Example]]:
-    """Batches of examples with similar history lengths.
+    """Batches of examples with similar history lengths, each of `batch_size` targets (a
+    window counts its trained targets; the last batch of a pool may hold fewer).
 
     Prefix examples range from one item to the whole history, so a random batch is mostly
     padding. A pool of `pool_batches` batches is sorted by length, cut into batches, and the
     batches leave in random order: padding drops while the epoch stays shuffled.
     """
-    while pool := list(itertools.islice(examples, batch_size * pool_batches)):
+    while pool := _take(examples, batch_size * pool_batches):
         pool.sort(key=lambda ex: len(ex["history"]))
-        batches = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
+        batches, batch, count = [], [], 0
+        for ex in pool:
+            batch.append(ex)
+            count += targets_of(ex)
+            if count >= batch_size:
+                batches.append(batch)
+                batch, count = [], 0
+        batches += [batch] if batch else []
         for index in rng.permutation(len(batches)):
             yield batches[index]
+
+
+def _take(examples: Iterator[Example], targets: int) -> list[Example]:
+    """The next examples up to `targets` targets (or the rest)."""
+    taken, count = [], 0
+    for ex in examples:
+        taken.append(ex)
+        count += targets_of(ex)
+        if count >= targets:
+            break
+    return taken
 
 
 def length_batches(examples: list[Example], max_items: int) -> Iterator[list[Example]]:

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from genrec.schema import Invalid, at_least, device_name, option, positive
 from genrec.trainer.retrieval import Search, Similarity, faiss_missing
@@ -33,6 +34,9 @@ class ModelOptions:
     dropout: float | None = option(None, "dropout")
     num_user_buckets: int | None = option(None, "hashed user tokens (0: none)")
     ffn: str | None = option(None, "feed-forward kind: gated-gelu or relu")
+    encoder: str | None = option(
+        None, "bidirectional (per-prefix examples) or causal (every prefix in one pass)"
+    )
 
     def check(self) -> None:
         from genrec.trainer.model import ModelConfig
@@ -184,6 +188,11 @@ class TrainerConfig:
     precision: Precision = option(Precision.auto, "auto (bf16 on GPU), fp32 or bf16")
     device: str = option("auto", "torch device of each worker (auto: its GPU, else CPU)")
     shuffle_buffer: int = option(4096, "examples in each worker's shuffle buffer")
+    window_stride: int | None = option(
+        None,
+        "causal encoder: targets of each window after a sequence's first (null: half "
+        "of data.max_history)",
+    )
     log_every: int = option(20, "optimizer steps between TensorBoard points")
     model: ModelOptions = option(ModelOptions, "the encoder-decoder's size")
     init_from: str | None = option(None, "a model.pt whose weights training starts from")
@@ -201,6 +210,8 @@ class TrainerConfig:
             raise Invalid("micro_batch_size", f"must be >= 1 or null, got {self.micro_batch_size}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise Invalid("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        if self.window_stride is not None and self.window_stride < 1:
+            raise Invalid("window_stride", f"must be >= 1 or null, got {self.window_stride}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise Invalid("zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}")
         if sum(self.curriculum.stage_epochs) > self.epochs:
@@ -266,3 +277,10 @@ class EvalConfig:
     def check(self) -> None:
         at_least(self, 1, "beam_size", "batch_size")
         at_least(self, 0, "valid_users")
+
+
+def window_stride(cfg: Any) -> int | None:
+    """The causal encoder's window stride; None for the bidirectional one (prefix examples)."""
+    if cfg.trainer.model.encoder != "causal":
+        return None
+    return cfg.trainer.window_stride or max(1, cfg.data.max_history // 2)

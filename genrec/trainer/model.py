@@ -20,6 +20,7 @@ PAD = 0
 BOS = 1
 USER_OFFSET = 2
 FFN_KINDS = ("gated-gelu", "relu")
+ENCODERS = ("bidirectional", "causal")
 
 
 @dataclass
@@ -45,6 +46,11 @@ class ModelConfig:
     # token per level from a codebook of user_codebook_size.
     user_code_levels: int = 0
     user_codebook_size: int = 0
+    # "causal": an item's tokens see only it and earlier items, so one pass over a sequence
+    # encodes every prefix of it (item positions count from the oldest item); "bidirectional"
+    # (the papers'): every history token sees the whole history (positions count back from the
+    # newest item).
+    encoder: str = "bidirectional"
 
     def __post_init__(self) -> None:
         at_least(self, 1, "num_levels", "codebook_size", "dedup_size", "d_model", "num_heads")
@@ -60,6 +66,8 @@ class ModelConfig:
             raise Invalid("dropout", f"must be in [0, 1), got {self.dropout}")
         if self.ffn not in FFN_KINDS:
             raise Invalid("ffn", f"must be one of {FFN_KINDS}, got {self.ffn!r}")
+        if self.encoder not in ENCODERS:
+            raise Invalid("encoder", f"must be one of {ENCODERS}, got {self.encoder!r}")
         if self.head_dim is None and self.d_model % self.num_heads:
             raise Invalid(
                 "d_model",
@@ -233,8 +241,12 @@ class Attention(nn.Module):
     def attend(
         self, x: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None, causal: bool
     ) -> Tensor:
-        """Queries from x against k/v; key_mask [B, S] is True where a key may be attended."""
-        mask = key_mask[:, None, None, :] if key_mask is not None else None
+        """Queries from x against k/v; key_mask [B, S] (every query) or [B, Q, S] (each its
+        own) is True where a key may be attended."""
+        if key_mask is None:
+            mask = None
+        else:
+            mask = key_mask[:, None] if key_mask.dim() == 3 else key_mask[:, None, None]
         out = F.scaled_dot_product_attention(
             self.split_heads(self.q(x)),
             k,
@@ -418,19 +430,24 @@ class GenerativeRecommender(nn.Module):
     def encode(self, history_codes: Tensor, user: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """History [B, H, L+1] (padding items all -1, any order of padding) -> memory, mask.
 
-        Items are oldest first; the item-position embedding counts back from the newest real
-        item, so how much padding surrounds a history does not change its encoding. `user`
-        [B] is read only by a model with user buckets (its first token is the hashed user).
+        Items are oldest first. The bidirectional encoder's item-position embedding counts back
+        from the newest real item, the causal encoder's on from the oldest, so how much padding
+        surrounds a history does not change its encoding. `user` [B] is read only by a model
+        that reads the user (its first tokens are the hashed user or the user's codes).
         """
         valid = self._check_history(history_codes)
         user = self._check_user(user, history_codes.size(0))
         batch, items, width = history_codes.shape
+        causal = self.config.encoder == "causal"
         tokens = torch.where(valid[..., None], history_codes + self.level_offsets, PAD)
-        recency = (valid.flip(1).cumsum(1).flip(1) - 1).clamp(min=0)
+        if causal:
+            position = (valid.cumsum(1) - 1).clamp(min=0)
+        else:
+            position = (valid.flip(1).cumsum(1).flip(1) - 1).clamp(min=0)
         # Every weight is read through its module's forward: ZeRO-3 traces parameter fetches by
         # module, and a weight read outside it breaks the trace once a resumed run gathers it.
         levels = torch.arange(width, device=tokens.device)
-        x = self.embed(tokens) + self.enc_level(levels) + self.item_position(recency)[:, :, None]
+        x = self.embed(tokens) + self.enc_level(levels) + self.item_position(position)[:, :, None]
         x = x.view(batch, items * width, -1)
         mask = valid.repeat_interleave(width, dim=1)
         if user is not None:
@@ -438,23 +455,44 @@ class GenerativeRecommender(nn.Module):
             mask = torch.cat([mask.new_ones(batch, user.size(1)), mask], dim=1)
         elif self.debug and not valid.any(1).all():
             raise ValueError("every history needs at least one item when no user is given")
+        if causal:
+            token_items = self.token_items(items, mask.device)
+            attention = self.visible(mask, token_items, token_items)
+        else:
+            attention = mask
         x = self.dropout(x)
         for block in self.encoder:
-            x = block(x, mask)
+            x = block(x, attention)
         return self.enc_norm(x), mask
 
-    def init_cache(self, memory: Tensor, memory_mask: Tensor) -> DecoderCache:
-        """Projects the encoder memory to every layer's cross-attention K/V once."""
+    def token_items(self, items: int, device: torch.device) -> Tensor:
+        """The history item [S] each encoder token belongs to; -1 for the user's tokens."""
+        item = torch.arange(items, device=device).repeat_interleave(self.config.codes_per_item)
+        return torch.cat([item.new_full((self.config.user_tokens,), -1), item])
+
+    @staticmethod
+    def visible(mask: Tensor, token_items: Tensor, items: Tensor) -> Tensor:
+        """[B, Q, S]: for queries at history items `items` [Q], the real encoder tokens (`mask`
+        [B, S], of items `token_items` [S]) of that item and earlier ones, the user's tokens
+        included. A query with none (padding) gets every real token instead, so that no
+        attention row is empty: its output is never read."""
+        seen = (token_items[None, None, :] <= items[None, :, None]) & mask[:, None, :]
+        return torch.where(seen.any(-1, keepdim=True), seen, mask[:, None, :])
+
+    def init_cache(self, memory: Tensor, memory_mask: Tensor, beams: int = 1) -> DecoderCache:
+        """Projects the encoder memory to every layer's cross-attention K/V once, for `beams`
+        decoding rows per history."""
         cross = [block.cross_attn.project_kv(memory) for block in self.decoder]
         batch, heads = memory.size(0), self.config.num_heads
         head_dim = self.config.inner_dim // heads
-        empty = memory.new_zeros(batch, heads, 0, head_dim)
+        empty = memory.new_zeros(batch * beams, heads, 0, head_dim)
         return DecoderCache(
             cross_k=[k for k, _ in cross],
             cross_v=[v for _, v in cross],
             memory_mask=memory_mask,
             self_k=[empty] * len(self.decoder),
             self_v=[empty] * len(self.decoder),
+            beams=beams,
         )
 
     def decode_step(self, cache: DecoderCache, prev_codes: Tensor) -> Tensor:
@@ -492,37 +530,69 @@ class GenerativeRecommender(nn.Module):
     ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         """Teacher-forced logits [B, L+1, max(K, D)]; codes outside a step's set are -inf.
 
-        With `aligned`, also the adapters' views (ETEGRec): the encoder output mean-pooled
-        over real tokens in the tokenizer's latent space [B, latent], and the decoder's first
-        state in the item-embedding space [B, embedding]. Without targets, only that last view
-        (TokenRec's preference vector, one decoder step)."""
+        With the causal encoder, targets may be [B, H, L+1], one per history item (the item
+        after it; any codes where none is trained): logits [B, H, L+1, max(K, D)], every
+        prefix of the history decoded at once, each target's cross-attention limited to its
+        own prefix.
+
+        With `aligned`, also the adapters' views (ETEGRec), per target: the encoder output
+        mean-pooled over the real tokens it sees in the tokenizer's latent space, and the
+        decoder's first state in the item-embedding space. Without targets, only that last
+        view (TokenRec's preference vector, one decoder step)."""
         if target_codes is None:
             return self.preference(history_codes, user)
         memory, mask = self.encode(history_codes, user)
-        self._check_targets(target_codes, memory.size(0))
-        cache = self.init_cache(memory, mask)
-        bos = target_codes.new_full((target_codes.size(0), 1), BOS)
-        shifted = target_codes[:, :-1] + self.level_offsets[:-1]
+        items = self._check_targets(target_codes, history_codes)
+        width = self.config.codes_per_item
+        flat = target_codes.reshape(-1, width)
+        bos = flat.new_full((flat.size(0), 1), BOS)
+        shifted = flat[:, :-1].clamp(min=0) + self.level_offsets[:-1]
+        cache, seen = self._cache(memory, mask, items, width)
         hidden = self._decode(cache, torch.cat([bos, shifted], dim=1))
         logits = torch.einsum("btd,tkd->btk", hidden, self.head)
         logits = logits.masked_fill(~self.valid_codes, float("-inf"))
+        lead = target_codes.shape[:-1]
+        logits = logits.view(*lead, width, -1)
         if not aligned:
             return logits
         if self.latent_adapter is None or self.embedding_adapter is None:
             raise ValueError("aligned outputs need latent_adapter_dim and embedding_adapter_dim")
-        weights = mask.unsqueeze(-1).type_as(memory)
-        pooled = (memory * weights).sum(1) / weights.sum(1).clamp(min=1)
-        return logits, self.latent_adapter(pooled), self.embedding_adapter(hidden[:, 0])
+        weights = seen.type_as(memory)
+        pooled = (weights @ memory) / weights.sum(-1, keepdim=True).clamp(min=1)
+        return (
+            logits,
+            self.latent_adapter(pooled).view(*lead, -1),
+            self.embedding_adapter(hidden[:, 0]).view(*lead, -1),
+        )
 
-    def preference(self, history_codes: Tensor, user: Tensor | None = None) -> Tensor:
+    def _cache(
+        self, memory: Tensor, mask: Tensor, items: int | None, positions: int
+    ) -> tuple[DecoderCache, Tensor]:
+        """The decoder's cache for `positions` steps and the encoder tokens [B, Q, S] each
+        history's Q decoding rows see: one row seeing all (`items` None), or, decoding every
+        prefix at once (causal encoder), one per history item seeing that item's prefix."""
+        if items is None:
+            return self.init_cache(memory, mask), mask[:, None]
+        token_items = self.token_items(items, mask.device)
+        seen = self.visible(mask, token_items, torch.arange(items, device=mask.device))
+        per_position = seen.repeat_interleave(positions, dim=1)
+        return self.init_cache(memory, per_position, beams=items), seen
+
+    def preference(
+        self, history_codes: Tensor, user: Tensor | None = None, every_prefix: bool = False
+    ) -> Tensor:
         """The decoder's first state (BOS over the encoded history) in the item-embedding space
-        [B, embedding_adapter_dim]: TokenRec's query for nearest-neighbour retrieval."""
+        [B, embedding_adapter_dim]: TokenRec's query for nearest-neighbour retrieval. With
+        `every_prefix` (causal encoder), one per history item over its prefix [B, H, ...]."""
         if self.embedding_adapter is None:
             raise ValueError("a preference vector needs embedding_adapter_dim > 0")
         memory, mask = self.encode(history_codes, user)
-        bos = torch.full((memory.size(0), 1), BOS, dtype=torch.long, device=memory.device)
-        hidden = self._decode(self.init_cache(memory, mask), bos)
-        return self.embedding_adapter(hidden[:, 0])
+        items = self._every_prefix(history_codes) if every_prefix else None
+        cache, _ = self._cache(memory, mask, items, 1)
+        bos = torch.full((cache.batch_size, 1), BOS, dtype=torch.long, device=memory.device)
+        hidden = self._decode(cache, bos)
+        lead = history_codes.shape[:2] if every_prefix else history_codes.shape[:1]
+        return self.embedding_adapter(hidden[:, 0]).view(*lead, -1)
 
     def loss(
         self,
@@ -562,14 +632,30 @@ class GenerativeRecommender(nn.Module):
                 f"code range [0, {sizes[level].item()})"
             )
 
-    def _check_targets(self, target_codes: Tensor, batch: int) -> None:
+    def _check_targets(self, target_codes: Tensor, history_codes: Tensor) -> int | None:
+        """Checks the targets: one per history [B, L+1] (returns None), or, with the causal
+        encoder, one per history item [B, H, L+1] (returns H)."""
         width = self.config.codes_per_item
-        if target_codes.dim() != 2 or target_codes.shape != (batch, width):
+        batch, items = history_codes.shape[:2]
+        every = target_codes.dim() == 3
+        shape = (batch, items, width) if every else (batch, width)
+        if target_codes.shape != shape:
             raise ValueError(
-                f"target_codes must have shape [batch={batch}, L+1={width}], "
-                f"got {list(target_codes.shape)}"
+                f"target_codes must have shape [batch={batch}, L+1={width}], or with the causal "
+                f"encoder [batch={batch}, items={items}, L+1={width}], got "
+                f"{list(target_codes.shape)}"
             )
-        self._check_codes(target_codes, "target_codes")
+        self._check_codes(target_codes.clamp(min=0) if every else target_codes, "target_codes")
+        return self._every_prefix(history_codes) if every else None
+
+    def _every_prefix(self, history_codes: Tensor) -> int:
+        """Decoding every prefix of the histories at once needs the causal encoder."""
+        if self.config.encoder != "causal":
+            raise ValueError(
+                "decoding every prefix at once needs the causal encoder (encoder='causal'): "
+                "the bidirectional one lets each item see later ones"
+            )
+        return history_codes.size(1)
 
     def _check_history(self, history_codes: Tensor) -> Tensor:
         """Checks history codes and returns which items are real (not padding)."""

@@ -20,14 +20,24 @@ MODEL_TERMS = ("generation", "retrieval")
 
 @dataclass
 class Batch:
-    """One micro-batch on the device."""
+    """One micro-batch on the device: a target per history, or, for the causal encoder, a
+    window per row whose every item predicts the next (target [B, H], -1 where untrained)."""
 
     user: Tensor  # [B]
     history: Tensor  # [B, H] item ids, -1 before the oldest
-    target: Tensor  # [B] item ids
+    target: Tensor  # [B] (or [B, H]) item ids
     group: Tensor  # [B] code group of each example
     history_codes: Tensor  # [B, H, L+1]
-    target_codes: Tensor  # [B, L+1]
+    target_codes: Tensor  # [B, L+1] (or [B, H, L+1])
+
+    @property
+    def every_prefix(self) -> bool:
+        return self.target.dim() == 2
+
+    def per_target(self, values: Tensor) -> Tensor:
+        """A model output per target ([B, ...], or [B, H, ...] for windows) as one row per
+        trained target."""
+        return values[self.target >= 0] if self.every_prefix else values
 
     @classmethod
     def coded(
@@ -39,6 +49,11 @@ class Batch:
         )
         group = rows["group"].to(device, non_blocking=True)
         return cls(user, history, target, group, codes(history, group), codes(target, group))
+
+
+def targets_in(rows: dict[str, Tensor]) -> int:
+    """The targets a collated batch trains: one per row, or a window's trained ones."""
+    return int((rows["target"] >= 0).sum())
 
 
 class Objective(Protocol):
@@ -55,5 +70,6 @@ class CodeGeneration:
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         logits = model(batch.history_codes, batch.target_codes, batch.user)
-        loss = code_cross_entropy(logits, batch.target_codes, self.temperature)
+        codes = batch.per_target(batch.target_codes)
+        loss = code_cross_entropy(batch.per_target(logits), codes, self.temperature)
         return loss, {"generation": loss.detach()}

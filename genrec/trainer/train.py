@@ -39,7 +39,7 @@ from genrec.trainer.evaluate import split_loss, split_metrics, table_digests
 from genrec.trainer.hooks import MethodHooks
 from genrec.trainer.item_codes import ItemCodes
 from genrec.trainer.model import GenerativeRecommender, ModelConfig
-from genrec.trainer.objective import MODEL_TERMS, Batch
+from genrec.trainer.objective import MODEL_TERMS, Batch, targets_in
 from genrec.trainer.state import Stateful, load_states, save_states
 
 DEEPSPEED_TAG = "deepspeed"
@@ -175,12 +175,14 @@ class Meter:
         self.counts: dict[str, int] = {}
         self.started = time.perf_counter()
 
-    def add(self, history: Tensor, terms: dict[str, Tensor], codes_per_item: int) -> None:
-        """`history`: the batch's item ids on the host, [B, H]."""
+    def add(
+        self, history: Tensor, targets: int, terms: dict[str, Tensor], codes_per_item: int
+    ) -> None:
+        """`history`: the batch's item ids on the host, [B, H]; `targets`: the examples."""
         items = int((history >= 0).sum())
-        self.samples += history.size(0)
+        self.samples += targets
         self.history_items += items
-        self.tokens += (items + history.size(0)) * codes_per_item
+        self.tokens += (items + targets) * codes_per_item
         for name, value in terms.items():
             self.terms[name] = self.terms.get(name, 0.0) + value.detach().float()
             self.counts[name] = self.counts.get(name, 0) + 1
@@ -293,7 +295,7 @@ class Loop:
         """The examples in this micro-step over all ranks; 0 once every rank has run dry.
         Ranks get different numbers of examples: one that runs dry first steps on with
         weight 0 until the others have trained every example they received."""
-        count = torch.tensor([0 if rows is None else rows["history"].size(0)], device=self.device)
+        count = torch.tensor([0 if rows is None else targets_in(rows)], device=self.device)
         dist.all_reduce(count)
         return int(count)
 
@@ -418,9 +420,11 @@ class Loop:
             if rows is None:
                 self.micro_step(IDLE_ROWS, weight=0.0)
             else:
-                terms = self.micro_step(rows, self.world_size * len(rows["target"]) / examples)
+                terms = self.micro_step(rows, self.world_size * targets_in(rows) / examples)
                 trained(rows)
-                meter.add(rows["history"], terms, self.model.config.codes_per_item)
+                meter.add(
+                    rows["history"], targets_in(rows), terms, self.model.config.codes_per_item
+                )
             p.train_seconds += time.perf_counter() - started
             p.samples += examples
             if not self.stepped():

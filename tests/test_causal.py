@@ -1,0 +1,170 @@
+"""The causal encoder: every prefix of a window trained in one pass, equal to the per-prefix
+computation, no target seeing a later item, cached decoding, and the stream's windows."""
+
+import numpy as np
+import pytest
+import torch
+
+from genrec.config import load_config
+from genrec.data_pipeline.ray_ingest import PositionTracker, stream_batches
+from genrec.data_pipeline.streaming import collate, prefix_examples, window_examples
+from genrec.errors import ConfigError
+from genrec.trainer.item_codes import ItemCodes
+from genrec.trainer.model import GenerativeRecommender, ModelConfig
+from genrec.trainer.objective import Batch, CodeGeneration
+
+LEVELS, K, D, ITEMS = 3, 16, 4, 40
+
+
+def causal_model(**overrides) -> GenerativeRecommender:
+    torch.manual_seed(0)
+    config = ModelConfig.preset(
+        "tiny",
+        num_levels=LEVELS,
+        codebook_size=K,
+        dedup_size=D,
+        max_history_items=8,
+        encoder="causal",
+        **overrides,
+    )
+    return GenerativeRecommender(config, debug=True)
+
+
+def item_codes() -> ItemCodes:
+    generator = torch.Generator().manual_seed(3)
+    levels = torch.randint(0, K, (ITEMS, LEVELS), generator=generator)
+    dedup = torch.randint(0, D, (ITEMS, 1), generator=generator)
+    return ItemCodes(torch.cat([levels, dedup], dim=1)[None], K)
+
+
+def sequences() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, ITEMS, size=n) for n in (2, 5, 9, 17, 23)]
+
+
+def batch_of(examples: list[dict], codes: ItemCodes) -> Batch:
+    rows = collate(examples) | {"group": torch.zeros(len(examples), dtype=torch.long)}
+    return Batch.coded(rows, codes, "cpu")
+
+
+def gradients(model: torch.nn.Module, loss: torch.Tensor) -> list[torch.Tensor]:
+    model.zero_grad()
+    loss.backward()
+    return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("buckets", [0, 7])
+def test_one_pass_loss_and_gradients_equal_the_per_prefix_computation(buckets):
+    """Windows of 5 sequences (left-padded in one batch, later windows' first targets not
+    trained) against every prefix example of the same windows, one encoder pass each."""
+    model, codes, loss = causal_model(num_user_buckets=buckets), item_codes(), CodeGeneration()
+    windows = [w for user, s in enumerate(sequences()) for w in window_examples(user, s, 8, 3)]
+    prefixes = []
+    for w in windows:
+        for j in np.flatnonzero(w["target"] >= 0):
+            history = w["history"][: j + 1]
+            prefixes.append({"user": w["user"], "history": history, "target": w["target"][j]})
+    assert len(prefixes) == sum(len(s) - 1 for s in sequences())
+    one_pass, _ = loss(model, batch_of(windows, codes))
+    per_prefix, _ = loss(model, batch_of(prefixes, codes))
+    torch.testing.assert_close(one_pass, per_prefix, atol=1e-5, rtol=1e-5)
+    for a, b in zip(gradients(model, one_pass), gradients(model, per_prefix), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_no_target_attends_to_a_later_item():
+    """Changing the items after position j changes no logit of the targets up to j, nor the
+    encoder states of items up to j; it does change later ones."""
+    model = causal_model().eval()
+    codes = item_codes()
+    generator = torch.Generator().manual_seed(5)
+    items = torch.randint(0, ITEMS, (2, 8), generator=generator)
+    changed = items.clone()
+    changed[:, 5:] = (changed[:, 5:] + 1) % ITEMS
+    targets = torch.randint(0, ITEMS, (2, 8), generator=generator)
+    with torch.no_grad():
+        a = model(codes(items), codes(targets))
+        b = model(codes(changed), codes(targets))
+        memory_a, _ = model.encode(codes(items))
+        memory_b, _ = model.encode(codes(changed))
+    width = LEVELS + 1
+    torch.testing.assert_close(a[:, :5], b[:, :5], atol=1e-6, rtol=0)
+    torch.testing.assert_close(memory_a[:, : 5 * width], memory_b[:, : 5 * width])
+    assert (a[:, 5:] - b[:, 5:]).nan_to_num(0).abs().max() > 1e-3
+
+
+def test_cached_decoding_equals_teacher_forcing():
+    """Beam search's path (encode once, one decoder step at a time) gives the logits teacher
+    forcing gives the newest prefix."""
+    model = causal_model().eval()
+    codes = item_codes()
+    history = codes(torch.tensor([[-1, -1, 3, 7, 9], [1, 2, 3, 4, 5]]))
+    target = codes(torch.tensor([11, 12]))
+    with torch.no_grad():
+        full = model(history, target)
+        every = model(history, codes(torch.tensor([[0, 0, 0, 0, 11], [0, 0, 0, 0, 12]])))
+        cache = model.init_cache(*model.encode(history))
+        steps = [model.decode_step(cache, target[:, :step]) for step in range(LEVELS + 1)]
+    for step, logits in enumerate(steps):
+        size = D if step == LEVELS else K
+        torch.testing.assert_close(logits, full[:, step, :size], atol=1e-5, rtol=0)
+        torch.testing.assert_close(logits, every[:, -1, step, :size], atol=1e-5, rtol=0)
+
+
+def test_every_prefix_needs_the_causal_encoder():
+    torch.manual_seed(0)
+    config = ModelConfig.preset("tiny", num_levels=LEVELS, codebook_size=K, dedup_size=D)
+    model = GenerativeRecommender(config)
+    history = item_codes()(torch.tensor([[1, 2, 3]]))
+    with pytest.raises(ValueError, match="needs the causal encoder"):
+        model(history, history)
+    with pytest.raises(ValueError, match="encoder"):
+        ModelConfig(encoder="sideways")
+
+
+@pytest.mark.parametrize("length", [1, 2, 5, 9, 10, 31, 64])
+@pytest.mark.parametrize("stride", [1, 3, 8])
+def test_windows_train_every_target_once_with_enough_history(length, stride):
+    seq = np.arange(100, 100 + length)
+    windows = list(window_examples(7, seq, 8, stride))
+    trained = [t for w in windows for t in w["target"][w["target"] >= 0]]
+    assert trained == list(seq[1:])
+    seen = []
+    for w in windows:
+        assert len(w["history"]) == len(w["target"]) <= 8
+        assert np.array_equal(w["target"][w["target"] >= 0], seq[np.isin(seq, w["target"])])
+        seen += [j + 1 for j in np.flatnonzero(w["target"] >= 0)]
+    # The first window holds each target's whole history (up to 8 items), as prefix examples
+    # do; later targets see at least 8 - stride + 1 items.
+    prefixes = [len(ex["history"]) for ex in prefix_examples(7, seq, 8)]
+    assert seen[: min(length - 1, 8)] == prefixes[:8]
+    assert all(n >= 8 - stride + 1 for n in seen[8:])
+
+
+def test_window_batches_carry_a_source_per_target_and_mark_rows_trained():
+    seqs = sequences()
+    block = {
+        "unit": np.zeros(len(seqs), dtype=np.int64),
+        "row": np.arange(len(seqs)),
+        "user": np.arange(len(seqs)),
+        "items": np.array(seqs, dtype=object),
+    }
+    tracker = PositionTracker()
+    rng = np.random.default_rng(0)
+    batches = list(stream_batches([block], tracker, 8, 16, 0, rng, stride=3))
+    targets = sum(int((b["target"] >= 0).sum()) for b in batches)
+    assert targets == sum(len(s) - 1 for s in seqs)
+    assert all(len(b["source"]) == int((b["target"] >= 0).sum()) for b in batches)
+    assert all(b["target"].shape == b["history"].shape for b in batches)
+    for b in batches:
+        tracker.trained(b["source"])
+    assert sorted(tracker.state()["rows"][0]) == list(range(len(seqs)))
+
+
+def test_causal_settings_are_checked_when_the_config_loads():
+    cfg = load_config([], ["trainer.model.encoder=causal"])
+    assert cfg.trainer.model.encoder == "causal"
+    with pytest.raises(ConfigError, match="encoder"):
+        load_config([], ["trainer.model.encoder=sideways"])
+    with pytest.raises(ConfigError, match=r"'trainer\.window_stride' \(60\) must be at most"):
+        load_config([], ["trainer.model.encoder=causal", "trainer.window_stride=60"])
