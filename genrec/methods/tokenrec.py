@@ -38,6 +38,13 @@ def check(cfg: Any) -> None:
         )
     if cfg.tokenizer.tables != 1:
         raise Invalid("tokenizer.tables", "must be 1: TokenRec reads one MQ table")
+    causal = cfg.trainer.model.encoder == "causal"
+    if causal and cfg.trainer.tokenrec.user_tokens is UserTokens.history:
+        raise Invalid(
+            "trainer.tokenrec.user_tokens",
+            "is history: each prefix's tokens come from its own history, and one causal pass "
+            "over a window reads one set; use table or none, or the bidirectional encoder",
+        )
     if cfg.trainer.model.num_user_buckets:
         raise Invalid(
             "trainer.model.num_user_buckets", "must be 0: TokenRec reads the user's MQ tokens"

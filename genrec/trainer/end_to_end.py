@@ -239,12 +239,14 @@ class EndToEnd:
     def recommender_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         self.tokenizer.eval()
         engine = self.loop.engine
-        logits, seq, dec = engine(batch.history_codes, batch.target_codes, batch.user, aligned=True)
-        generation = code_cross_entropy(logits, batch.target_codes, self.cfg.trainer.temperature)
+        outputs = engine(batch.history_codes, batch.target_codes, batch.user, aligned=True)
+        logits, seq, dec = (batch.per_target(x) for x in outputs)
+        codes = batch.per_target(batch.target_codes)
+        generation = code_cross_entropy(logits, codes, self.cfg.trainer.temperature)
         terms = {"generation": generation.detach()}
         if not self.aligned():
             return generation, terms
-        target, seq, dec = self.alignment_rows(batch.target, seq, dec)
+        target, seq, dec = self.alignment_rows(batch.per_target(batch.target), seq, dec)
         with torch.no_grad():
             x_hat, quantized = self.tokenizer.quantize(self.vectors[target])
         # Copies: without alternation the tokenizer steps before this loss's backward.
@@ -259,12 +261,13 @@ class EndToEnd:
 
     def tokenizer_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         self.tokenizer.train()
-        target = batch.target
+        target = batch.per_target(batch.target)
         if self.aligned():
             with torch.no_grad():
                 _, seq, dec = self.loop.engine(
                     batch.history_codes, batch.target_codes, batch.user, aligned=True
                 )
+            seq, dec = batch.per_target(seq), batch.per_target(dec)
             target, seq, dec = self.alignment_rows(target, seq, dec)
         else:
             target = target[first_occurrences(target)]

@@ -155,7 +155,8 @@ def count_parameters(config: ModelConfig) -> int:
     decoder = config.decoder_layers * (2 * attention + ffn + 3 * d)
     head = config.codes_per_item * config.max_codes * d
     adapters = (d + 1) * (config.latent_adapter_dim + config.embedding_adapter_dim)
-    return embeddings + encoder + decoder + 2 * d + head + adapters
+    start = d * d if config.encoder == "causal" else 0
+    return embeddings + encoder + decoder + 2 * d + head + adapters + start
 
 
 def flops_per_example(config: ModelConfig, history_items: int, training: bool = True) -> int:
@@ -342,6 +343,7 @@ class DecoderCache:
     self_k: list[Tensor]
     self_v: list[Tensor]
     beams: int = 1
+    start: Tensor | None = None  # causal encoder: added to each row's first decoder input
 
     @property
     def length(self) -> int:
@@ -368,6 +370,7 @@ class DecoderCache:
             self_k=[t.index_select(0, rows) for t in self.self_k],
             self_v=[t.index_select(0, rows) for t in self.self_v],
             beams=beams,
+            start=None if self.start is None else self.start.index_select(0, rows),
         )
 
 
@@ -399,6 +402,9 @@ class GenerativeRecommender(nn.Module):
         self.dropout = Dropout(config.dropout)
         self.latent_adapter = adapter(d, config.latent_adapter_dim)
         self.embedding_adapter = adapter(d, config.embedding_adapter_dim)
+        # The causal encoder's decoder would otherwise not know which item is the newest (its
+        # states count positions from the oldest): its first input gets the newest state.
+        self.start = nn.Linear(d, d, bias=False) if config.encoder == "causal" else None
         sizes = torch.tensor(config.level_sizes())
         self.register_buffer("level_sizes", sizes, persistent=False)
         self.register_buffer(
@@ -479,13 +485,23 @@ class GenerativeRecommender(nn.Module):
         seen = (token_items[None, None, :] <= items[None, :, None]) & mask[:, None, :]
         return torch.where(seen.any(-1, keepdim=True), seen, mask[:, None, :])
 
-    def init_cache(self, memory: Tensor, memory_mask: Tensor, beams: int = 1) -> DecoderCache:
+    def init_cache(
+        self, memory: Tensor, memory_mask: Tensor, beams: int = 1, seen: Tensor | None = None
+    ) -> DecoderCache:
         """Projects the encoder memory to every layer's cross-attention K/V once, for `beams`
-        decoding rows per history."""
+        decoding rows per history (`seen` [B, beams, S]: the tokens each row sees, when the
+        rows see different prefixes)."""
         cross = [block.cross_attn.project_kv(memory) for block in self.decoder]
         batch, heads = memory.size(0), self.config.num_heads
         head_dim = self.config.inner_dim // heads
         empty = memory.new_zeros(batch * beams, heads, 0, head_dim)
+        start = None
+        if self.start is not None:
+            rows = memory_mask[:, None] if seen is None else seen
+            last = (rows * torch.arange(rows.size(-1), device=rows.device)).argmax(-1)
+            newest = memory.gather(1, last[..., None].expand(-1, -1, memory.size(-1)))
+            start = self.start(newest).flatten(0, 1)
+            start = start if seen is not None else start.repeat_interleave(beams, dim=0)
         return DecoderCache(
             cross_k=[k for k, _ in cross],
             cross_v=[v for _, v in cross],
@@ -493,6 +509,7 @@ class GenerativeRecommender(nn.Module):
             self_k=[empty] * len(self.decoder),
             self_v=[empty] * len(self.decoder),
             beams=beams,
+            start=start,
         )
 
     def decode_step(self, cache: DecoderCache, prev_codes: Tensor) -> Tensor:
@@ -527,6 +544,7 @@ class GenerativeRecommender(nn.Module):
         target_codes: Tensor | None,
         user: Tensor | None = None,
         aligned: bool = False,
+        every_prefix: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         """Teacher-forced logits [B, L+1, max(K, D)]; codes outside a step's set are -inf.
 
@@ -538,9 +556,9 @@ class GenerativeRecommender(nn.Module):
         With `aligned`, also the adapters' views (ETEGRec), per target: the encoder output
         mean-pooled over the real tokens it sees in the tokenizer's latent space, and the
         decoder's first state in the item-embedding space. Without targets, only that last
-        view (TokenRec's preference vector, one decoder step)."""
+        view (TokenRec's preference vector, one decoder step; `every_prefix` as `preference`)."""
         if target_codes is None:
-            return self.preference(history_codes, user)
+            return self.preference(history_codes, user, every_prefix)
         memory, mask = self.encode(history_codes, user)
         items = self._check_targets(target_codes, history_codes)
         width = self.config.codes_per_item
@@ -576,7 +594,7 @@ class GenerativeRecommender(nn.Module):
         token_items = self.token_items(items, mask.device)
         seen = self.visible(mask, token_items, torch.arange(items, device=mask.device))
         per_position = seen.repeat_interleave(positions, dim=1)
-        return self.init_cache(memory, per_position, beams=items), seen
+        return self.init_cache(memory, per_position, beams=items, seen=seen), seen
 
     def preference(
         self, history_codes: Tensor, user: Tensor | None = None, every_prefix: bool = False
@@ -609,7 +627,10 @@ class GenerativeRecommender(nn.Module):
         """Runs tokens [B, T] as decoder positions cache.length.., extending the cache."""
         start = cache.length
         levels = torch.arange(start, start + tokens.size(1), device=tokens.device)
-        x = self.dropout(self.embed(tokens) + self.dec_level(levels))
+        x = self.embed(tokens) + self.dec_level(levels)
+        if start == 0 and cache.start is not None:
+            x = torch.cat([x[:, :1] + cache.start[:, None], x[:, 1:]], dim=1)
+        x = self.dropout(x)
         for i, block in enumerate(self.decoder):
             past = (cache.self_k[i], cache.self_v[i])
             cross = (cache.cross_k[i], cache.cross_v[i])

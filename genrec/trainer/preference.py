@@ -159,17 +159,19 @@ class RetrievalLossFn:
     generator: torch.Generator
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        preference = model(batch.history_codes, None, self.catalogue.user_codes(batch))
+        users = self.catalogue.user_codes(batch)
+        preference = model(batch.history_codes, None, users, every_prefix=batch.every_prefix)
+        preference, target = batch.per_target(preference), batch.per_target(batch.target)
         items = self.catalogue.items
         drawn = torch.randint(len(items), (self.negatives,), generator=self.generator)
         drawn = drawn.to(items.device)
-        candidates = torch.cat([batch.target[:, None], drawn.expand(len(batch.target), -1)], 1)
+        candidates = torch.cat([target[:, None], drawn.expand(len(target), -1)], 1)
         hit = torch.zeros_like(candidates, dtype=torch.bool)
-        hit[:, 1:] = candidates[:, 1:] == batch.target[:, None]
+        hit[:, 1:] = candidates[:, 1:] == target[:, None]
         if self.loss is RetrievalLoss.softmax:
             logits = scores_against(preference, items[candidates], self.similarity)
             logits = (logits.float() / self.temperature).masked_fill(hit, float("-inf"))
-            loss = F.cross_entropy(logits, torch.zeros_like(batch.target))
+            loss = F.cross_entropy(logits, torch.zeros_like(target))
         else:
             cosine = F.cosine_similarity(preference[:, None], items[candidates], dim=-1)
             hinge = (cosine[:, 1:] - self.margin).clamp(min=0).masked_fill(hit[:, 1:], 0.0)
