@@ -168,3 +168,76 @@ def test_causal_settings_are_checked_when_the_config_loads():
         load_config([], ["trainer.model.encoder=sideways"])
     with pytest.raises(ConfigError, match=r"'trainer\.window_stride' \(60\) must be at most"):
         load_config([], ["trainer.model.encoder=causal", "trainer.window_stride=60"])
+
+
+def _logits_after_training(cfg, inputs, storage, workers: int) -> list:
+    """A probe's logits after 4 identical optimizer steps over windows on `workers` Ray Train
+    + DeepSpeed ranks (rank r trains windows r, r + workers, ... of each global batch, its
+    loss weighted by its share of the batch's targets, as the training loop weighs it)."""
+    import json
+
+    from genrec.data_pipeline.streaming import TrainExamples
+    from tests.conftest import on_train_workers
+
+    data_dir, tables = inputs
+    reader = TrainExamples(data_dir, max_history=50, shuffle_buffer=0)
+    windows = [w for user, seq in reader.sequences() for w in window_examples(user, seq, 6, 2)]
+    batches = [collate(windows[i * 16 : (i + 1) * 16]) for i in range(4)]
+    probe = collate(windows[64:72])
+    out = storage / f"logits-{workers}.json"
+
+    def loop_per_worker(config: dict) -> None:  # a closure: Ray ships it by value
+        from pathlib import Path
+
+        from genrec.config import config_from_dict
+        from genrec.methods import method_spec
+        from genrec.trainer.train import Loop
+
+        torch.set_num_threads(1)
+        cfg = config_from_dict(config["cfg"])
+        tables = [Path(t) for t in config["tables"]]
+        loop = Loop(cfg, Path(config["data"]), tables, "causal", method_spec("tiger"))
+        rank, world = loop.rank, loop.world_size
+        for rows in batches:
+            part = {k: v[rank::world] for k, v in rows.items()}
+            part["group"] = torch.zeros(len(part["user"]), dtype=torch.long)
+            total = int((rows["target"] >= 0).sum())
+            loop.micro_step(part, world * int((part["target"] >= 0).sum()) / total)
+        loop.eval_model.load_state_dict(loop.engine.module.state_dict())
+        rows = probe | {"group": torch.zeros(len(probe["user"]), dtype=torch.long)}
+        batch = Batch.coded(rows, loop.codes, loop.device)
+        with torch.no_grad():
+            logits = loop.eval_model.eval()(batch.history_codes, batch.target_codes)
+        if rank == 0:
+            out.write_text(json.dumps(batch.per_target(logits).nan_to_num(0).tolist()))
+
+    on_train_workers(loop_per_worker, cfg, data_dir, tables, 0, workers, storage, "causal")
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_two_workers_train_like_one(tmp_path):
+    from genrec import stages
+
+    overrides = [
+        f"run_dir={tmp_path / 'run'}",
+        "data.synthetic.num_users=300",
+        "data.synthetic.num_items=90",
+        "data.users_per_shard=25",
+        "tokenizer.epochs=3",
+        "tokenizer.codebook_size=16",
+        "tokenizer.hidden_dims=[64]",
+        "tokenizer.latent_dim=16",
+        "trainer.batch_size=16",
+        "trainer.warmup_steps=1",
+        "trainer.model.encoder=causal",
+        "data.max_history=6",
+    ]
+    cfg = load_config([], overrides)
+    inputs = stages.data(cfg), stages.id_tables(cfg)
+    one, two = (
+        np.array(_logits_after_training(cfg, inputs, tmp_path, workers)) for workers in (1, 2)
+    )
+    assert one.shape[1:] == (LEVELS + 1, cfg.tokenizer.codebook_size) and np.abs(one).max() > 0
+    np.testing.assert_allclose(two, one, rtol=1e-3, atol=1e-4)

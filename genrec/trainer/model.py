@@ -155,7 +155,8 @@ def count_parameters(config: ModelConfig) -> int:
     decoder = config.decoder_layers * (2 * attention + ffn + 3 * d)
     head = config.codes_per_item * config.max_codes * d
     adapters = (d + 1) * (config.latent_adapter_dim + config.embedding_adapter_dim)
-    start = d * d if config.encoder == "causal" else 0
+    causal = d * d + (config.max_history_items + 1) * config.num_heads
+    start = causal if config.encoder == "causal" else 0
     return embeddings + encoder + decoder + 2 * d + head + adapters + start
 
 
@@ -243,9 +244,9 @@ class Attention(nn.Module):
         self, x: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None, causal: bool
     ) -> Tensor:
         """Queries from x against k/v; key_mask [B, S] (every query) or [B, Q, S] (each its
-        own) is True where a key may be attended."""
-        if key_mask is None:
-            mask = None
+        own) is True where a key may be attended, or is an additive float [B, heads, Q, S]."""
+        if key_mask is None or key_mask.dim() == 4:
+            mask = key_mask  # none, or additive [B, heads, Q, S] (the causal encoder's)
         else:
             mask = key_mask[:, None] if key_mask.dim() == 3 else key_mask[:, None, None]
         out = F.scaled_dot_product_attention(
@@ -324,6 +325,9 @@ class DecoderBlock(nn.Module):
         h = self.cross_norm(x)
         rows, length, width = h.shape
         per_user = h.reshape(memory_mask.size(0), -1, width)
+        if memory_mask.dim() > 2 and memory_mask.size(-2) > 1 and length > 1:
+            # Masks per decoding row: each of a row's positions sees what the row sees.
+            memory_mask = memory_mask.repeat_interleave(length, dim=-2)
         attended = self.cross_attn.attend(per_user, *cross, memory_mask, causal=False)
         x = x + self.dropout(attended.reshape(rows, length, width))
         return x + self.dropout(self.ffn(self.ffn_norm(x))), (k, v)
@@ -402,9 +406,14 @@ class GenerativeRecommender(nn.Module):
         self.dropout = Dropout(config.dropout)
         self.latent_adapter = adapter(d, config.latent_adapter_dim)
         self.embedding_adapter = adapter(d, config.embedding_adapter_dim)
-        # The causal encoder's decoder would otherwise not know which item is the newest (its
-        # states count positions from the oldest): its first input gets the newest state.
-        self.start = nn.Linear(d, d, bias=False) if config.encoder == "causal" else None
+        # The causal encoder's positions count from the oldest item, so nothing would tell the
+        # decoder which item is the newest: its first input gets the newest item's state, and
+        # every attention a learned bias per head by how many items back a key is (T5's
+        # relative bias, with one more bucket for the user's tokens).
+        causal = config.encoder == "causal"
+        self.start = nn.Linear(d, d, bias=False) if causal else None
+        buckets = config.max_history_items + 1
+        self.items_back = nn.Embedding(buckets, config.num_heads) if causal else None
         sizes = torch.tensor(config.level_sizes())
         self.register_buffer("level_sizes", sizes, persistent=False)
         self.register_buffer(
@@ -463,7 +472,8 @@ class GenerativeRecommender(nn.Module):
             raise ValueError("every history needs at least one item when no user is given")
         if causal:
             token_items = self.token_items(items, mask.device)
-            attention = self.visible(mask, token_items, token_items)
+            seen = self.visible(mask, token_items, token_items)
+            attention = self.biased(seen, token_items[None, :].expand(batch, -1), token_items)
         else:
             attention = mask
         x = self.dropout(x)
@@ -476,6 +486,16 @@ class GenerativeRecommender(nn.Module):
         item = torch.arange(items, device=device).repeat_interleave(self.config.codes_per_item)
         return torch.cat([item.new_full((self.config.user_tokens,), -1), item])
 
+    def biased(self, seen: Tensor, items: Tensor, token_items: Tensor) -> Tensor:
+        """The additive mask [B, heads, Q, S] of queries at history items `items` [B, Q] over
+        keys of items `token_items` [S]: each head's bias by how many items back the key is
+        (the user's tokens: the last bucket), -inf where `seen` [B, Q, S] is False."""
+        back = items[:, :, None] - token_items[None, None, :]
+        last = self.config.max_history_items
+        buckets = torch.where(token_items < 0, last, back.clamp(0, last - 1))
+        bias = self.items_back(buckets).permute(0, 3, 1, 2)
+        return bias.masked_fill(~seen[:, None], float("-inf"))
+
     @staticmethod
     def visible(mask: Tensor, token_items: Tensor, items: Tensor) -> Tensor:
         """[B, Q, S]: for queries at history items `items` [Q], the real encoder tokens (`mask`
@@ -485,23 +505,24 @@ class GenerativeRecommender(nn.Module):
         seen = (token_items[None, None, :] <= items[None, :, None]) & mask[:, None, :]
         return torch.where(seen.any(-1, keepdim=True), seen, mask[:, None, :])
 
-    def init_cache(
-        self, memory: Tensor, memory_mask: Tensor, beams: int = 1, seen: Tensor | None = None
-    ) -> DecoderCache:
+    def init_cache(self, memory: Tensor, memory_mask: Tensor, beams: int = 1) -> DecoderCache:
         """Projects the encoder memory to every layer's cross-attention K/V once, for `beams`
-        decoding rows per history (`seen` [B, beams, S]: the tokens each row sees, when the
-        rows see different prefixes)."""
+        decoding rows per history; `memory_mask` [B, S] is what every row sees, or [B, beams,
+        S] what each row sees (each its own prefix)."""
         cross = [block.cross_attn.project_kv(memory) for block in self.decoder]
         batch, heads = memory.size(0), self.config.num_heads
         head_dim = self.config.inner_dim // heads
         empty = memory.new_zeros(batch * beams, heads, 0, head_dim)
         start = None
         if self.start is not None:
-            rows = memory_mask[:, None] if seen is None else seen
+            rows = memory_mask[:, None] if memory_mask.dim() == 2 else memory_mask
             last = (rows * torch.arange(rows.size(-1), device=rows.device)).argmax(-1)
             newest = memory.gather(1, last[..., None].expand(-1, -1, memory.size(-1)))
             start = self.start(newest).flatten(0, 1)
-            start = start if seen is not None else start.repeat_interleave(beams, dim=0)
+            start = start if rows.size(1) > 1 else start.repeat_interleave(beams, dim=0)
+            items = (memory.size(1) - self.config.user_tokens) // self.config.codes_per_item
+            token_items = self.token_items(items, memory.device)
+            memory_mask = self.biased(rows, token_items[last], token_items)
         return DecoderCache(
             cross_k=[k for k, _ in cross],
             cross_v=[v for _, v in cross],
@@ -565,7 +586,7 @@ class GenerativeRecommender(nn.Module):
         flat = target_codes.reshape(-1, width)
         bos = flat.new_full((flat.size(0), 1), BOS)
         shifted = flat[:, :-1].clamp(min=0) + self.level_offsets[:-1]
-        cache, seen = self._cache(memory, mask, items, width)
+        cache, seen = self._cache(memory, mask, items)
         hidden = self._decode(cache, torch.cat([bos, shifted], dim=1))
         logits = torch.einsum("btd,tkd->btk", hidden, self.head)
         logits = logits.masked_fill(~self.valid_codes, float("-inf"))
@@ -584,17 +605,16 @@ class GenerativeRecommender(nn.Module):
         )
 
     def _cache(
-        self, memory: Tensor, mask: Tensor, items: int | None, positions: int
+        self, memory: Tensor, mask: Tensor, items: int | None
     ) -> tuple[DecoderCache, Tensor]:
-        """The decoder's cache for `positions` steps and the encoder tokens [B, Q, S] each
-        history's Q decoding rows see: one row seeing all (`items` None), or, decoding every
+        """The decoder's cache and the encoder tokens [B, Q, S] each history's Q decoding rows
+        see: one row seeing all (`items` None), or, decoding every
         prefix at once (causal encoder), one per history item seeing that item's prefix."""
         if items is None:
             return self.init_cache(memory, mask), mask[:, None]
         token_items = self.token_items(items, mask.device)
         seen = self.visible(mask, token_items, torch.arange(items, device=mask.device))
-        per_position = seen.repeat_interleave(positions, dim=1)
-        return self.init_cache(memory, per_position, beams=items, seen=seen), seen
+        return self.init_cache(memory, seen, beams=items), seen
 
     def preference(
         self, history_codes: Tensor, user: Tensor | None = None, every_prefix: bool = False
@@ -606,7 +626,7 @@ class GenerativeRecommender(nn.Module):
             raise ValueError("a preference vector needs embedding_adapter_dim > 0")
         memory, mask = self.encode(history_codes, user)
         items = self._every_prefix(history_codes) if every_prefix else None
-        cache, _ = self._cache(memory, mask, items, 1)
+        cache, _ = self._cache(memory, mask, items)
         bos = torch.full((cache.batch_size, 1), BOS, dtype=torch.long, device=memory.device)
         hidden = self._decode(cache, bos)
         lead = history_codes.shape[:2] if every_prefix else history_codes.shape[:1]
