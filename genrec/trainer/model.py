@@ -473,7 +473,7 @@ class GenerativeRecommender(nn.Module):
         if causal:
             token_items = self.token_items(items, mask.device)
             seen = self.visible(mask, token_items, token_items)
-            attention = self.biased(seen, token_items[None, :].expand(batch, -1), token_items)
+            attention = self.biased(seen, token_items, token_items)
         else:
             attention = mask
         x = self.dropout(x)
@@ -487,14 +487,16 @@ class GenerativeRecommender(nn.Module):
         return torch.cat([item.new_full((self.config.user_tokens,), -1), item])
 
     def biased(self, seen: Tensor, items: Tensor, token_items: Tensor) -> Tensor:
-        """The additive mask [B, heads, Q, S] of queries at history items `items` [B, Q] over
-        keys of items `token_items` [S]: each head's bias by how many items back the key is
-        (the user's tokens: the last bucket), -inf where `seen` [B, Q, S] is False."""
-        back = items[:, :, None] - token_items[None, None, :]
+        """The additive mask [B, heads, Q, S] of queries at history items `items` ([Q], or
+        [B, Q] where rows differ) over keys of items `token_items` [S]: each head's bias by how
+        many items back the key is (the user's tokens: the last bucket), -inf where `seen`
+        [B, Q, S] is False. Without a batch dimension the bias is looked up once for all rows
+        (its backward scatters Q x S entries, not B x Q x S)."""
+        back = items[..., None] - token_items
         last = self.config.max_history_items
         buckets = torch.where(token_items < 0, last, back.clamp(0, last - 1))
-        bias = self.items_back(buckets).permute(0, 3, 1, 2)
-        return bias.masked_fill(~seen[:, None], float("-inf"))
+        bias = self.items_back(buckets).movedim(-1, -3)
+        return (bias if bias.dim() == 4 else bias[None]).masked_fill(~seen[:, None], float("-inf"))
 
     @staticmethod
     def visible(mask: Tensor, token_items: Tensor, items: Tensor) -> Tensor:
@@ -522,7 +524,12 @@ class GenerativeRecommender(nn.Module):
             start = start if rows.size(1) > 1 else start.repeat_interleave(beams, dim=0)
             items = (memory.size(1) - self.config.user_tokens) // self.config.codes_per_item
             token_items = self.token_items(items, memory.device)
-            memory_mask = self.biased(rows, token_items[last], token_items)
+            # Rows of every prefix at once see up to their own item; a row over all tokens
+            # sees up to the newest.
+            every = torch.arange(rows.size(1), device=rows.device)
+            memory_mask = self.biased(
+                rows, every if rows.size(1) > 1 else token_items[last], token_items
+            )
         return DecoderCache(
             cross_k=[k for k, _ in cross],
             cross_v=[v for _, v in cross],
