@@ -12,22 +12,13 @@ from genrec.errors import ConfigError
 from genrec.trainer.item_codes import ItemCodes
 from genrec.trainer.model import GenerativeRecommender, ModelConfig
 from genrec.trainer.objective import Batch, CodeGeneration
+from tests.test_model import LEVELS, D, K, tiny_model
 
-LEVELS, K, D, ITEMS = 3, 16, 4, 40
+ITEMS = 40
 
 
 def causal_model(**overrides) -> GenerativeRecommender:
-    torch.manual_seed(0)
-    config = ModelConfig.preset(
-        "tiny",
-        num_levels=LEVELS,
-        codebook_size=K,
-        dedup_size=D,
-        max_history_items=8,
-        encoder="causal",
-        **overrides,
-    )
-    return GenerativeRecommender(config, debug=True)
+    return tiny_model(debug=True, encoder="causal", **overrides)
 
 
 def item_codes() -> ItemCodes:
