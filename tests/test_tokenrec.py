@@ -88,6 +88,28 @@ def test_another_users_tokens_change_the_preference():
     assert (a - b).abs().max() > 1e-4
 
 
+def test_the_pooled_head_is_the_mean_encoder_state_through_the_adapter():
+    torch.manual_seed(0)
+    config = ModelConfig.preset(
+        "tiny",
+        num_levels=3,
+        codebook_size=8,
+        dedup_size=4,
+        max_history_items=10,
+        embedding_adapter_dim=16,
+        preference_head="pooled",
+    )
+    model = GenerativeRecommender(config, debug=True).eval()
+    codes = history()
+    with torch.no_grad():
+        memory, mask = model.encode(codes)
+        weights = mask[..., None].float()
+        mean = (memory * weights).sum(1) / weights.sum(1)
+        torch.testing.assert_close(model(codes, None), model.embedding_adapter(mean))
+    with pytest.raises(ConfigError, match=r"'trainer\.tokenrec\.head' must be one of"):
+        load_config([], ["method=tokenrec", "trainer.tokenrec.head=last"])
+
+
 def test_a_model_reading_user_tokens_refuses_ids_and_a_model_without_ignores_them():
     model = small_model()
     with pytest.raises(ValueError, match=r"users' codes: an int64 tensor of shape \[4, 3\]"):

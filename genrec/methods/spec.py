@@ -26,7 +26,7 @@ def beam_search(cfg: DictConfig, codes: ItemCodes, tables: list[Path]) -> Ranker
     return BeamSearchRanker.over(codes)
 
 
-def no_model_fields(cfg: DictConfig) -> dict[str, int]:
+def no_model_fields(cfg: DictConfig) -> dict[str, int | str]:
     return {}
 
 
@@ -50,7 +50,7 @@ class MethodSpec:
     objective: Callable[[DictConfig, ItemCodes, list[Path]], Objective] = code_generation
     ranker: Callable[[DictConfig, ItemCodes, list[Path]], Ranker] = beam_search
     # Model config fields the method derives from the rest of the config (TokenRec's).
-    model_fields: Callable[[DictConfig], dict[str, int]] = no_model_fields
+    model_fields: Callable[[DictConfig], dict[str, int | str]] = no_model_fields
     joint: Callable[[DictConfig, list[Path], int, torch.device], EndToEnd | None] = fixed_ids
     # Config values the fine-tuning stage sets on top of the run's (after pre-training).
     finetune_overrides: dict[str, Any] = field(default_factory=dict)

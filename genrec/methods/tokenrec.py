@@ -20,13 +20,14 @@ from genrec.trainer.config import UserTokens
 from genrec.trainer.preference import retrieval, retrieval_loss
 
 
-def model_fields(cfg: DictConfig) -> dict[str, int]:
+def model_fields(cfg: DictConfig) -> dict[str, int | str]:
     """The user's tokens before the history, and a head into the LightGCN item space."""
     tokens = cfg.trainer.tokenrec.user_tokens is not UserTokens.none
     return {
         "user_code_levels": cfg.tokenizer.num_levels if tokens else 0,
         "user_codebook_size": cfg.tokenizer.codebook_size if tokens else 0,
         "embedding_adapter_dim": cfg.lightgcn.dim,
+        "preference_head": cfg.trainer.tokenrec.head,
     }
 
 

@@ -148,12 +148,17 @@ class TokenrecConfig:
     )
     similarity: Similarity = option(Similarity.cosine, "retrieval score: cosine or dot")
     search: Search = option(Search.exact, "top-K: exact (every item) or hnsw (faiss: genrec[ann])")
+    head: str = option("decoder", "preference vector: decoder (first state) or pooled (encoder)")
 
     def check(self) -> None:
         at_least(self, 1, "negatives")
         positive(self, "temperature")
         if not -1.0 <= self.margin < 1.0:
             raise Invalid("margin", f"must be in [-1, 1), got {self.margin}")
+        from genrec.trainer.model import PREFERENCE_HEADS
+
+        if self.head not in PREFERENCE_HEADS:
+            raise Invalid("head", f"must be one of {PREFERENCE_HEADS}, got {self.head!r}")
         if self.search is Search.hnsw and (missing := faiss_missing()):
             raise Invalid("search", f"is hnsw, but {missing}")
 

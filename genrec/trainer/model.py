@@ -21,6 +21,7 @@ BOS = 1
 USER_OFFSET = 2
 FFN_KINDS = ("gated-gelu", "relu")
 ENCODERS = ("bidirectional", "causal")
+PREFERENCE_HEADS = ("decoder", "pooled")
 
 
 @dataclass
@@ -51,6 +52,8 @@ class ModelConfig:
     # (the papers'): every history token sees the whole history (positions count back from the
     # newest item).
     encoder: str = "bidirectional"
+    # TokenRec's preference vector: the decoder's first state, or the pooled encoder states.
+    preference_head: str = "decoder"
 
     def __post_init__(self) -> None:
         at_least(self, 1, "num_levels", "codebook_size", "dedup_size", "d_model", "num_heads")
@@ -68,6 +71,11 @@ class ModelConfig:
             raise Invalid("ffn", f"must be one of {FFN_KINDS}, got {self.ffn!r}")
         if self.encoder not in ENCODERS:
             raise Invalid("encoder", f"must be one of {ENCODERS}, got {self.encoder!r}")
+        if self.preference_head not in PREFERENCE_HEADS:
+            raise Invalid(
+                "preference_head",
+                f"must be one of {PREFERENCE_HEADS}, got {self.preference_head!r}",
+            )
         if self.head_dim is None and self.d_model % self.num_heads:
             raise Invalid(
                 "d_model",
@@ -603,40 +611,55 @@ class GenerativeRecommender(nn.Module):
             return logits
         if self.latent_adapter is None or self.embedding_adapter is None:
             raise ValueError("aligned outputs need latent_adapter_dim and embedding_adapter_dim")
-        weights = seen.type_as(memory)
-        pooled = (weights @ memory) / weights.sum(-1, keepdim=True).clamp(min=1)
+        pooled = self._pooled(memory, seen)
         return (
             logits,
             self.latent_adapter(pooled).view(*lead, -1),
             self.embedding_adapter(hidden[:, 0]).view(*lead, -1),
         )
 
+    def _rows(self, mask: Tensor, items: int | None) -> Tensor:
+        """The encoder tokens [B, Q, S] each history's Q decoding rows see: one row seeing all
+        (`items` None), or, decoding every prefix at once (causal encoder), one per history
+        item seeing that item's prefix."""
+        if items is None:
+            return mask[:, None]
+        token_items = self.token_items(items, mask.device)
+        return self.visible(mask, token_items, torch.arange(items, device=mask.device))
+
     def _cache(
         self, memory: Tensor, mask: Tensor, items: int | None
     ) -> tuple[DecoderCache, Tensor]:
-        """The decoder's cache and the encoder tokens [B, Q, S] each history's Q decoding rows
-        see: one row seeing all (`items` None), or, decoding every
-        prefix at once (causal encoder), one per history item seeing that item's prefix."""
+        """The decoder's cache and what its rows see (`_rows`)."""
+        seen = self._rows(mask, items)
         if items is None:
-            return self.init_cache(memory, mask), mask[:, None]
-        token_items = self.token_items(items, mask.device)
-        seen = self.visible(mask, token_items, torch.arange(items, device=mask.device))
+            return self.init_cache(memory, mask), seen
         return self.init_cache(memory, seen, beams=items), seen
+
+    @staticmethod
+    def _pooled(memory: Tensor, seen: Tensor) -> Tensor:
+        """The mean [B, Q, d] of the encoder states each row sees."""
+        weights = seen.type_as(memory)
+        return (weights @ memory) / weights.sum(-1, keepdim=True).clamp(min=1)
 
     def preference(
         self, history_codes: Tensor, user: Tensor | None = None, every_prefix: bool = False
     ) -> Tensor:
-        """The decoder's first state (BOS over the encoded history) in the item-embedding space
-        [B, embedding_adapter_dim]: TokenRec's query for nearest-neighbour retrieval. With
+        """TokenRec's query for nearest-neighbour retrieval in the item-embedding space [B,
+        embedding_adapter_dim]: the decoder's first state (BOS over the encoded history), or
+        with `preference_head="pooled"` the mean of the encoder's states. With
         `every_prefix` (causal encoder), one per history item over its prefix [B, H, ...]."""
         if self.embedding_adapter is None:
             raise ValueError("a preference vector needs embedding_adapter_dim > 0")
         memory, mask = self.encode(history_codes, user)
         items = self._every_prefix(history_codes) if every_prefix else None
+        lead = history_codes.shape[:2] if every_prefix else history_codes.shape[:1]
+        if self.config.preference_head == "pooled":
+            pooled = self._pooled(memory, self._rows(mask, items))
+            return self.embedding_adapter(pooled).view(*lead, -1)
         cache, _ = self._cache(memory, mask, items)
         bos = torch.full((cache.batch_size, 1), BOS, dtype=torch.long, device=memory.device)
         hidden = self._decode(cache, bos)
-        lead = history_codes.shape[:2] if every_prefix else history_codes.shape[:1]
         return self.embedding_adapter(hidden[:, 0]).view(*lead, -1)
 
     def loss(

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 
 def model_config(
-    cfg: DictConfig, codes: ItemCodes, fields: dict[str, int] | None = None
+    cfg: DictConfig, codes: ItemCodes, fields: dict[str, int | str] | None = None
 ) -> ModelConfig:
     """The configured preset sized to the tokenizer's IDs and the data's history length, with
     the fields the method derives (`fields`)."""
