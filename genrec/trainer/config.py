@@ -148,7 +148,7 @@ class TokenrecConfig:
     )
     similarity: Similarity = option(Similarity.cosine, "retrieval score: cosine or dot")
     search: Search = option(Search.exact, "top-K: exact (every item) or hnsw (faiss: genrec[ann])")
-    head: str = option("decoder", "preference vector: decoder (first state) or pooled (encoder)")
+    head: str = option("pooled", "preference vector: pooled (mean encoder state) or decoder")
 
     def check(self) -> None:
         at_least(self, 1, "negatives")

@@ -3,11 +3,11 @@ vector in the LightGCN item space, trained against the items' vectors, and recom
 nearest-neighbour search over them (genrec/trainer/retrieval.py) instead of beam search.
 
 The model reads the user's codes before the history (`ModelConfig.user_code_levels`); its
-retrieval head is the decoder's first state through `embedding_adapter`
-(`GenerativeRecommender.preference`). What it is trained against comes from the tokenizer run
-the ID table belongs to: the item vectors the tokenizer read (LightGCN's), and the users'
-codes, from their MQ table or coded from each example's history by the users' MQ tokenizer
-(`trainer.tokenrec.user_tokens`).
+retrieval head is the mean encoder state (or the decoder's first state) through
+`embedding_adapter` (`GenerativeRecommender.preference`). What it is trained against comes
+from the tokenizer run the ID table belongs to: the item vectors the tokenizer read
+(LightGCN's), and the users' codes, from their MQ table or coded from each example's history
+by the users' MQ tokenizer (`trainer.tokenrec.user_tokens`).
 """
 
 from dataclasses import dataclass
