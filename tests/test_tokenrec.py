@@ -54,7 +54,7 @@ TINY = [
 ]
 
 
-def small_model(user_levels: int = 3, dim: int = 16) -> GenerativeRecommender:
+def small_model(user_levels: int = 3, dim: int = 16, **overrides) -> GenerativeRecommender:
     torch.manual_seed(0)
     config = ModelConfig.preset(
         "tiny",
@@ -65,6 +65,7 @@ def small_model(user_levels: int = 3, dim: int = 16) -> GenerativeRecommender:
         user_code_levels=user_levels,
         user_codebook_size=8 if user_levels else 0,
         embedding_adapter_dim=dim,
+        **overrides,
     )
     return GenerativeRecommender(config, debug=True)
 
@@ -89,17 +90,7 @@ def test_another_users_tokens_change_the_preference():
 
 
 def test_the_pooled_head_is_the_mean_encoder_state_through_the_adapter():
-    torch.manual_seed(0)
-    config = ModelConfig.preset(
-        "tiny",
-        num_levels=3,
-        codebook_size=8,
-        dedup_size=4,
-        max_history_items=10,
-        embedding_adapter_dim=16,
-        preference_head="pooled",
-    )
-    model = GenerativeRecommender(config, debug=True).eval()
+    model = small_model(user_levels=0, preference_head="pooled").eval()
     codes = history()
     with torch.no_grad():
         memory, mask = model.encode(codes)
