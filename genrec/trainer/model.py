@@ -163,9 +163,9 @@ def count_parameters(config: ModelConfig) -> int:
     decoder = config.decoder_layers * (2 * attention + ffn + 3 * d)
     head = config.codes_per_item * config.max_codes * d
     adapters = (d + 1) * (config.latent_adapter_dim + config.embedding_adapter_dim)
-    causal = d * d + (config.max_history_items + 1) * config.num_heads
-    start = causal if config.encoder == "causal" else 0
-    return embeddings + encoder + decoder + 2 * d + head + adapters + start
+    recency = d * d + (config.max_history_items + 1) * config.num_heads  # start, items_back
+    causal = recency if config.encoder == "causal" else 0
+    return embeddings + encoder + decoder + 2 * d + head + adapters + causal
 
 
 def flops_per_example(config: ModelConfig, history_items: int, training: bool = True) -> int:
