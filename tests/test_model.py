@@ -150,6 +150,8 @@ def test_dropout_keeps_the_right_share_unbiased_and_seeded(p):
 def test_preset_parameter_counts():
     small = ModelConfig.preset("small")
     assert GenerativeRecommender(small).num_parameters() == count_parameters(small)
+    causal = ModelConfig.preset("small", encoder="causal")
+    assert GenerativeRecommender(causal).num_parameters() == count_parameters(causal)
     assert small.inner_dim == 6 * 64
     assert 5_000_000 < count_parameters(small) < 7_000_000
     assert 90_000_000 < count_parameters(ModelConfig.preset("base")) < 110_000_000
