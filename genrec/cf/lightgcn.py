@@ -22,6 +22,7 @@ from genrec.artifacts import (
 )
 from genrec.cf.training import split_batches, train_cf_model
 from genrec.data_pipeline.prepared import EvalSet, PreparedData
+from genrec.data_pipeline.streaming import right_aligned
 
 # A user who has nearly every item could make rejection sampling loop; such clashes are rare
 # enough that a few rounds leave virtually none, and a leftover one only adds a little noise.
@@ -60,12 +61,10 @@ def unseen_users(
     split: EvalSet, first_user: int, items: np.ndarray, degree: np.ndarray
 ) -> np.ndarray:
     """`propagated` vectors of users outside the graph; row u - `first_user` holds user u."""
-    lengths = np.diff(split.offsets)
-    history = np.full((split.users.size, max(int(lengths.max(initial=0)), 1)), -1)
-    history[np.arange(history.shape[1]) >= history.shape[1] - lengths[:, None]] = split.history
+    history = right_aligned(np.split(split.history, split.offsets[1:-1]))
     out = np.zeros((split.users.size, items.shape[1]), dtype=np.float32)
     out[split.users - first_user] = propagated(
-        torch.from_numpy(history), torch.from_numpy(items), torch.from_numpy(degree)
+        history, torch.from_numpy(items), torch.from_numpy(degree)
     ).numpy()
     return out
 
