@@ -19,7 +19,7 @@ setup(
     install_requires=[
         "torch>=2.4,<2.15",
         "deepspeed>=0.16,<0.20",
-        "ray[default,train,data]>=2.40,<3",
+        "ray[default,train,tune,data]>=2.40,<3",
         "pyarrow>=15",
         "webdataset>=0.2.90",
         "tensorboard>=2.15",
@@ -27,11 +27,12 @@ setup(
         "numpy>=1.26",
         "tqdm>=4.66",
         "matplotlib>=3.8",
+        "scipy>=1.11",
     ],
     extras_require={
         "text": TEXT,
         "ann": ANN,
-        "dev": [*TEXT, *ANN, "pytest>=8", "ruff>=0.6", "scipy>=1.11", "transformers>=4.40"],
+        "dev": [*TEXT, *ANN, "pytest>=8", "ruff>=0.6", "transformers>=4.40"],
     },
     entry_points={"console_scripts": ["genrec=genrec.cli:main"]},
 )

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from genrec import artifacts
 from genrec.config import describe, load_config
 from genrec.data_pipeline.prepare import load_manifest
-from genrec.errors import user_error
+from genrec.errors import ConfigError, user_error
 from genrec.methods import method_spec
 from genrec.tokenizers.config import TokenizerName
 
@@ -147,6 +147,17 @@ COMMANDS: dict[str, tuple[Callable[[DictConfig], None], str]] = {
     "run": (_run, "the method's whole pipeline (default: TIGER on synthetic data)"),
     "config": (lambda cfg: print(describe(cfg)), "print every config key: value and meaning"),
 }
+SWEEP_HELP = "Ray Tune trials over a sweep file's axes, their accounting and scaling-law fits"
+
+
+def _sweep(files: list[str], overrides: list[str]) -> None:
+    """`genrec sweep SWEEP.yaml [key=value ...]`: the overrides apply to every trial."""
+    from genrec.cluster.sweep import run_sweep
+    from genrec.cluster.sweep_spec import load_sweep
+
+    if len(files) != 1:
+        raise ConfigError(f"genrec sweep takes one sweep file (YAML), got {files or 'none'}")
+    print(run_sweep(load_sweep(files[0], overrides)))
 
 
 def split_args(args: list[str]) -> tuple[list[str], list[str]]:
@@ -163,18 +174,21 @@ def main(argv: list[str] | None = None) -> None:
         epilog="`genrec config [CONFIG.yaml ...] [key=value ...]` lists every key with its "
         "value and meaning.",
     )
+    helps = {name: text for name, (_, text) in COMMANDS.items()} | {"sweep": SWEEP_HELP}
     parser.add_argument(
         "command",
-        choices=sorted(COMMANDS),
-        help="; ".join(f"{name}: {text}" for name, (_, text) in sorted(COMMANDS.items())),
+        choices=sorted(helps),
+        help="; ".join(f"{name}: {text}" for name, text in sorted(helps.items())),
     )
     parser.add_argument("args", nargs="*", help="CONFIG.yaml files, then key=value overrides")
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     files, overrides = split_args(ns.args)
     try:
-        cfg = load_config(files, overrides)
-        COMMANDS[ns.command][0](cfg)
+        if ns.command == "sweep":
+            _sweep(files, overrides)
+        else:
+            COMMANDS[ns.command][0](load_config(files, overrides))
     except Exception as err:
         cause = user_error(err)
         if cause is None:

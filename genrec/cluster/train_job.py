@@ -133,6 +133,9 @@ class Worker:
             "steps": p.step,
             "epochs": loop.epoch(),
             "samples": p.samples,
+            "tokens": p.tokens,
+            "flops": p.flops,
+            "train_seconds": round(p.train_seconds, 1),
             "train_samples_per_s": round(p.samples / max(p.train_seconds, 1e-9), 1),
             "workers": loop.world_size,
             "zero_stage": self.cfg.trainer.zero_stage,
@@ -164,6 +167,7 @@ class Worker:
             None if curriculum is None else curriculum.weights,
             self.cfg.seed,
             stride=window_stride(self.cfg),
+            data_fraction=trainer.data_fraction,
         )
 
     def run(self) -> None:

@@ -31,6 +31,7 @@ from genrec.data_pipeline.streaming import (
     targets_of,
     window_examples,
 )
+from genrec.data_pipeline.subsample import kept_users
 
 
 @dataclass
@@ -263,9 +264,10 @@ def stream_batches(
     shuffle_buffer: int,
     rng: np.random.Generator,
     group_weights: Callable[[], np.ndarray] | None = None,
-    draw_seed: int = 0,
+    seed: int = 0,
     pool_batches: int = 32,
     stride: int | None = None,
+    data_fraction: float = 1.0,
 ) -> Iterator[dict[str, Any]]:
     """Collated, length-grouped, shuffled batches of `batch_size` targets from Ray batches of
     sequences: prefix examples, or with a `stride` the causal encoder's windows. Each batch
@@ -273,16 +275,21 @@ def stream_batches(
 
     Every example, history and target alike, is read in one of G code groups (`group`), drawn
     with the weights `group_weights()` holds when its batch leaves (None: the single group 0);
-    a sequence's windows share the draw of its first target (one tokenizer per sequence)."""
+    a sequence's windows share the draw of its first target (one tokenizer per sequence).
+    Users outside the `data_fraction` subset (genrec/data_pipeline/subsample.py) train
+    nothing; their rows count as trained."""
 
     def examples() -> Iterator[Example]:
         for block in sequences:
-            for unit, row, user, items in zip(
-                block["unit"], block["row"], block["user"], block["items"], strict=True
+            kept = kept_users(block["user"], data_fraction, seed)
+            for unit, row, user, items, keep in zip(
+                block["unit"], block["row"], block["user"], block["items"], kept, strict=True
             ):
-                count = max(len(items) - 1, 0)
+                count = max(len(items) - 1, 0) if keep else 0
                 tracker.received(int(unit), int(row), count)
-                draws = group_draws(draw_seed, int(unit), int(row), count)
+                if not count:
+                    continue
+                draws = group_draws(seed, int(unit), int(row), count)
                 items = np.asarray(items)
                 if stride is None:
                     cut = prefix_examples(int(user), items, max_history)

@@ -193,6 +193,9 @@ class TrainerConfig:
     precision: Precision = option(Precision.auto, "auto (bf16 on GPU), fp32 or bf16")
     device: str = option("auto", "torch device of each worker (auto: its GPU, else CPU)")
     shuffle_buffer: int = option(4096, "examples in each worker's shuffle buffer")
+    data_fraction: float = option(
+        1.0, "share of training users whose sequences train (a seeded subset; valid/test all)"
+    )
     window_stride: int | None = option(
         None,
         "causal encoder: targets of each window after a sequence's first (null: half "
@@ -215,6 +218,8 @@ class TrainerConfig:
             raise Invalid("micro_batch_size", f"must be >= 1 or null, got {self.micro_batch_size}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise Invalid("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0 < self.data_fraction <= 1:
+            raise Invalid("data_fraction", f"must be in (0, 1], got {self.data_fraction}")
         if self.window_stride is not None and self.window_stride < 1:
             raise Invalid("window_stride", f"must be >= 1 or null, got {self.window_stride}")
         if self.zero_stage not in (0, 1, 2, 3):

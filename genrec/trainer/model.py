@@ -10,6 +10,7 @@ Shared vocabulary: PAD, BOS, the hashed user buckets, then one block of ids per 
 
 from dataclasses import dataclass, fields, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,6 +23,7 @@ USER_OFFSET = 2
 FFN_KINDS = ("gated-gelu", "relu")
 ENCODERS = ("bidirectional", "causal")
 PREFERENCE_HEADS = ("decoder", "pooled")
+IntArray = int | np.ndarray
 
 
 @dataclass
@@ -153,26 +155,36 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def embedding_parameters(config: ModelConfig) -> int:
+    """The lookup tables (codes, code positions, item positions) and the code head: the
+    parameters a scaling law leaves out of N, since they cost no FLOPs per token."""
+    d = config.d_model
+    tables = d * (config.vocab_size + 2 * config.codes_per_item + config.max_history_items)
+    return tables + config.codes_per_item * config.max_codes * d
+
+
 def count_parameters(config: ModelConfig) -> int:
     """The parameter count of GenerativeRecommender(config), without building it."""
     d, inner = config.d_model, config.inner_dim
     attention = 4 * d * inner
     ffn = (3 if config.ffn == "gated-gelu" else 2) * d * config.d_ff
-    embeddings = d * (config.vocab_size + 2 * config.codes_per_item + config.max_history_items)
     encoder = config.encoder_layers * (attention + ffn + 2 * d)
     decoder = config.decoder_layers * (2 * attention + ffn + 3 * d)
-    head = config.codes_per_item * config.max_codes * d
     adapters = (d + 1) * (config.latent_adapter_dim + config.embedding_adapter_dim)
     recency = d * d + (config.max_history_items + 1) * config.num_heads  # start, items_back
     causal = recency if config.encoder == "causal" else 0
-    return embeddings + encoder + decoder + 2 * d + head + adapters + causal
+    return embedding_parameters(config) + encoder + decoder + 2 * d + adapters + causal
 
 
-def flops_per_example(config: ModelConfig, history_items: int, training: bool = True) -> int:
+def flops_per_example(
+    config: ModelConfig, history_items: IntArray, training: bool = True, targets: IntArray = 1
+) -> IntArray:
     """Matmul FLOPs for one example: 2 per weight per token it touches, plus attention scores.
 
-    Encoder weights see every history token, decoder weights the L+1 target steps, and the
-    cross-attention K/V projections the history tokens once. Training is 3x the forward.
+    Encoder weights see every history token, decoder weights the L+1 target steps of each of
+    the `targets` decoded from one encoder pass (the causal encoder's window; their
+    cross-attention counted over the whole window), and the cross-attention K/V projections
+    the history tokens once. Training is 3x the forward. Arrays give one count per element.
     """
     d, inner = config.d_model, config.inner_dim
     ffn = (3 if config.ffn == "gated-gelu" else 2) * d * config.d_ff
@@ -182,14 +194,22 @@ def flops_per_example(config: ModelConfig, history_items: int, training: bool = 
         2 * (4 * d * inner + ffn) * enc_tokens + 4 * enc_tokens * enc_tokens * inner
     )
     decoder = config.decoder_layers * (
-        2 * (6 * d * inner + ffn) * dec_tokens
+        2 * (6 * d * inner + ffn) * dec_tokens * targets
         + 2 * (2 * d * inner) * enc_tokens
-        + 4 * dec_tokens * dec_tokens * inner
-        + 4 * dec_tokens * enc_tokens * inner
+        + 4 * dec_tokens * dec_tokens * inner * targets
+        + 4 * dec_tokens * enc_tokens * inner * targets
     )
-    head = 2 * config.max_codes * d * dec_tokens
+    head = 2 * config.max_codes * d * dec_tokens * targets
     forward = encoder + decoder + head
     return 3 * forward if training else forward
+
+
+def batch_flops(config: ModelConfig, history: Tensor, target: Tensor) -> int:
+    """Training FLOPs of a collated batch (history [B, H] item ids, -1 padding; target [B],
+    or [B, H] for the causal encoder's windows, -1 where untrained), by `flops_per_example`."""
+    items = (history >= 0).sum(-1).numpy()
+    targets = (target >= 0).sum(-1).numpy() if target.dim() > 1 else 1
+    return int(np.sum(flops_per_example(config, items, True, targets)))
 
 
 def code_cross_entropy(logits: Tensor, target_codes: Tensor, temperature: float = 1.0) -> Tensor:

@@ -29,7 +29,8 @@ from tqdm import tqdm
 from genrec.artifacts import SELECT_METRIC
 from genrec.data_pipeline.prepare import load_manifest
 from genrec.data_pipeline.prepared import load_eval_set
-from genrec.errors import DataError
+from genrec.data_pipeline.subsample import train_examples
+from genrec.errors import ConfigError, DataError
 from genrec.provenance import code_version, file_digest, fingerprint, to_plain
 from genrec.trainer.checkpoint import load_model, model_payload
 from genrec.trainer.curriculum import Curriculum
@@ -38,7 +39,7 @@ from genrec.trainer.engine import build_engine, full_state_dict, resolve_device
 from genrec.trainer.evaluate import split_loss, split_metrics, table_digests
 from genrec.trainer.hooks import MethodHooks
 from genrec.trainer.item_codes import ItemCodes
-from genrec.trainer.model import GenerativeRecommender, ModelConfig
+from genrec.trainer.model import GenerativeRecommender, ModelConfig, batch_flops
 from genrec.trainer.objective import MODEL_TERMS, Batch, targets_in
 from genrec.trainer.state import Stateful, load_states, save_states
 
@@ -97,6 +98,8 @@ def train_fingerprint(cfg: DictConfig, data_dir: Path, tables: list[Path]) -> st
     """Everything the trained weights depend on, the worker count included (it sets the order
     in which the shards reach the model)."""
     init = cfg.trainer.init_from
+    if init and not Path(init).is_file():
+        raise ConfigError(f"config key 'trainer.init_from': {init} is not a file")
     return fingerprint(
         load_manifest(data_dir)["fingerprint"],
         table_digests(tables),
@@ -125,6 +128,8 @@ class Progress:
 
     step: int = 0
     samples: int = 0
+    tokens: int = 0  # history and target codes trained on
+    flops: int = 0  # training FLOPs by the model's own count (model.flops_per_example)
     train_seconds: float = 0.0
     best_step: int = 0
     best: dict[str, float] = field(default_factory=lambda: {SELECT_METRIC: -1.0})
@@ -236,7 +241,7 @@ class Loop:
         self.tables = tables
         self.objective = method.objective(cfg, self.codes, tables)
         self.ranker = method.ranker(cfg, self.codes, tables)
-        self.examples_per_epoch = manifest["num_train_examples"]
+        self.examples_per_epoch = train_examples(data_dir, self.trainer.data_fraction, cfg.seed)
         self.total_steps = self.steps_of(self.trainer.epochs)
         model_epochs = self.trainer.epochs if joint is None else joint.model_epochs()
         self.engine = build_engine(
@@ -291,13 +296,20 @@ class Loop:
             total, named = total + loss.detach(), named | terms
         return {"loss": total, **named}
 
-    def examples_everywhere(self, rows: dict | None) -> int:
-        """The examples in this micro-step over all ranks; 0 once every rank has run dry.
-        Ranks get different numbers of examples: one that runs dry first steps on with
-        weight 0 until the others have trained every example they received."""
-        count = torch.tensor([0 if rows is None else targets_in(rows)], device=self.device)
-        dist.all_reduce(count)
-        return int(count)
+    def work_everywhere(self, rows: dict | None) -> tuple[int, int, int]:
+        """The examples, tokens and FLOPs of this micro-step over all ranks; no examples once
+        every rank has run dry. Ranks get different numbers of examples: one that runs dry
+        first steps on with weight 0 until the others have trained every example they got."""
+        work = [0, 0, 0]
+        if rows is not None:
+            config, targets = self.model.config, targets_in(rows)
+            items = int((rows["history"] >= 0).sum())
+            tokens = (items + targets) * config.codes_per_item
+            work = [targets, tokens, batch_flops(config, rows["history"], rows["target"])]
+        total = torch.tensor(work, dtype=torch.float64, device=self.device)
+        dist.all_reduce(total)
+        examples, tokens, flops = (int(value) for value in total.tolist())
+        return examples, tokens, flops
 
     def mean_over_ranks(self, metrics: dict[str, float], count: int) -> dict[str, float]:
         keys = sorted(metrics)
@@ -415,7 +427,10 @@ class Loop:
         )
         stop, loss = False, float("nan")
         self.steps_seen = self.engine_steps()
-        while not stop and (examples := self.examples_everywhere(rows := next(batches, None))):
+        while not stop:
+            examples, tokens, flops = self.work_everywhere(rows := next(batches, None))
+            if not examples:
+                break
             started = time.perf_counter()
             if rows is None:
                 self.micro_step(IDLE_ROWS, weight=0.0)
@@ -426,7 +441,7 @@ class Loop:
                     rows["history"], targets_in(rows), terms, self.model.config.codes_per_item
                 )
             p.train_seconds += time.perf_counter() - started
-            p.samples += examples
+            p.samples, p.tokens, p.flops = p.samples + examples, p.tokens + tokens, p.flops + flops
             if not self.stepped():
                 continue
             p.step, self.steps_seen = p.step + 1, self.engine_steps()

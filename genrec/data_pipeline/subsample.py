@@ -1,0 +1,41 @@
+"""A seeded subset of the training users (`trainer.data_fraction`), for data-scaling studies.
+
+Whether a user trains is a hash of (seed, user) below the fraction: any worker, order or
+restart decides alike, nothing is stored, and the users of a smaller fraction are a subset of
+a larger one's, so a data axis grows by adding users. Validation and test keep every user.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mixed(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: uint64 -> uint64 with every input bit reaching every output."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def kept_users(users: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Bool mask: which of `users` train at this data fraction."""
+    users = np.asarray(users, dtype=np.int64)
+    if fraction >= 1:
+        return np.ones(users.shape, dtype=bool)
+    with np.errstate(over="ignore"):
+        key = _mixed(np.uint64(seed) * GOLDEN + np.uint64(1))
+        uniform = (_mixed(users.astype(np.uint64) ^ key) >> np.uint64(11)) / float(1 << 53)
+    return uniform < fraction
+
+
+def train_examples(data_dir: str | Path, fraction: float, seed: int) -> int:
+    """Training targets per epoch of the kept users: each user's training sequence (all but
+    its last two items) trains every item after its first."""
+    table = pq.read_table(Path(data_dir) / "sequences.parquet", columns=["user", "items"])
+    lengths = pc.list_value_length(table.column("items")).to_numpy(zero_copy_only=False)
+    kept = kept_users(table.column("user").to_numpy(), fraction, seed)
+    return int(np.maximum(lengths[kept] - 3, 0).sum())
