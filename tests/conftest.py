@@ -17,6 +17,23 @@ from genrec.trainer.engine import free_port
 torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+# A tiny synthetic run: seconds a stage, for the tests that run the real pipeline.
+TINY = [
+    "data.synthetic.num_users=300",
+    "data.synthetic.num_items=90",
+    "data.users_per_shard=25",
+    "sasrec.epochs=2",
+    "lightgcn.epochs=2",
+    "tokenizer.epochs=3",
+    "tokenizer.codebook_size=16",
+    "tokenizer.hidden_dims=[64]",
+    "tokenizer.latent_dim=16",
+    "trainer.epochs=1",
+    "trainer.batch_size=64",
+    "trainer.micro_batch_size=32",
+    "trainer.eval_every=16",
+    "trainer.warmup_steps=5",
+]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 

@@ -38,26 +38,11 @@ from genrec.methods import method_spec
 from genrec.provenance import to_plain
 from genrec.trainer.evaluate import evaluate_checkpoint
 from genrec.trainer.train import DEEPSPEED_TAG
+from tests.conftest import TINY
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 REPO = Path(__file__).resolve().parents[1]
 
-TINY = [
-    "data.synthetic.num_users=300",
-    "data.synthetic.num_items=90",
-    "data.users_per_shard=25",
-    "sasrec.epochs=2",
-    "lightgcn.epochs=2",
-    "tokenizer.epochs=3",
-    "tokenizer.codebook_size=16",
-    "tokenizer.hidden_dims=[64]",
-    "tokenizer.latent_dim=16",
-    "trainer.epochs=1",
-    "trainer.batch_size=64",
-    "trainer.micro_batch_size=32",
-    "trainer.eval_every=16",
-    "trainer.warmup_steps=5",
-]
 # Fault runs: two epochs, a checkpoint every 10 steps, every received row recorded.
 FAULT = [
     "cluster.num_workers=2",

@@ -19,23 +19,7 @@ from genrec.errors import ConfigError
 from genrec.scaling.analysis import analyse, failed_checks
 from genrec.scaling.laws import JointLaw, PowerLaw, axis_fit, fit_joint, fit_power_law, frontier
 from genrec.trainer.model import ModelConfig, batch_flops, flops_per_example
-
-TINY = [
-    "data.synthetic.num_users=300",
-    "data.synthetic.num_items=90",
-    "data.users_per_shard=50",
-    "sasrec.epochs=2",
-    "lightgcn.epochs=2",
-    "tokenizer.epochs=3",
-    "tokenizer.codebook_size=16",
-    "tokenizer.hidden_dims=[64]",
-    "tokenizer.latent_dim=16",
-    "trainer.epochs=1",
-    "trainer.batch_size=64",
-    "trainer.eval_every=8",
-    "trainer.warmup_steps=2",
-    "evaluate.valid_users=100",
-]
+from tests.conftest import TINY
 
 
 def test_a_power_law_and_the_joint_law_are_recovered_from_noisy_points():
@@ -202,7 +186,7 @@ def test_a_sweep_runs_records_a_failed_trial_and_reruns_nothing(tmp_path):
     accounted, fitted and plotted. Given the weights, a rerun runs that trial alone; a third
     run trains nothing."""
     start = tmp_path / "start.pt"
-    lines = [f"overrides: {json.dumps(TINY)}", "grid:"]
+    lines = [f"overrides: {json.dumps([*TINY, 'evaluate.valid_users=100'])}", "grid:"]
     lines += ["  trainer.model.d_model: [32, 64]", "  trainer.data_fraction: [0.5, 1.0]"]
     lines += ["points:", f"  - {{trainer.model.d_model: 32, trainer.init_from: {start}}}"]
     sweep = load_sweep(_sweep_file(tmp_path, "\n".join(lines)), [f"run_dir={tmp_path / 'sweep'}"])
