@@ -23,12 +23,12 @@ def worker_bundle(cluster: DictConfig) -> dict[str, float]:
 
 
 @contextmanager
-def ray_session(cluster: DictConfig) -> Iterator[None]:
+def ray_session(cluster: DictConfig, extra_cpus: float = 0.0) -> Iterator[None]:
     """Joins `cluster.address` (or RAY_ADDRESS), else starts a local instance for the run.
 
-    The local instance gets a CPU more than the workers need (or what the re-tokenizing pool
-    needs, if more), so Ray Data's read tasks are never starved by the training workers, and a
-    dashboard, which serves Ray's state API. It is always a new one (`address="local"`): a bare
+    The local instance gets a CPU more than the workers (and `extra_cpus`: a sweep's trial
+    process) need, or what the re-tokenizing pool needs if more, so Ray Data's read tasks are
+    never starved by the training workers, and a dashboard, which serves Ray's state API. It is always a new one (`address="local"`): a bare
     `ray.init()` would join whatever instance /tmp/ray/ray_current_cluster names, even a dead
     one, while the user asked for none.
     """
@@ -43,7 +43,7 @@ def ray_session(cluster: DictConfig) -> Iterator[None]:
         ray.init(address=address, log_to_driver=True)
     else:
         pool = cluster.retokenize_resources.get("CPU", 1.0) * cluster.retokenize_actors
-        need = max(worker_bundle(cluster)["CPU"] * cluster.num_workers + 1, pool)
+        need = max(worker_bundle(cluster)["CPU"] * cluster.num_workers + 1 + extra_cpus, pool)
         cpus = max(os.cpu_count() or 1, math.ceil(need))
         ray.init(address="local", num_cpus=cpus, include_dashboard=True)
     try:

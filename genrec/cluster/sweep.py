@@ -160,11 +160,11 @@ def run_trial(config: dict[str, Any]) -> dict[str, Any]:
 
 def concurrency(sweep: Sweep) -> int:
     """Trials at once: the sweep's setting, else as many as the cluster's CPUs hold (each
-    trial's workers, plus one CPU for its data readers)."""
+    trial's workers, one CPU for its data readers, and its own process's share)."""
     if sweep.max_concurrent_trials:
         return sweep.max_concurrent_trials
     cluster = sweep.trials[0].cfg.cluster
-    need = worker_bundle(cluster)["CPU"] * cluster.num_workers + 1
+    need = worker_bundle(cluster)["CPU"] * cluster.num_workers + 1 + TRIAL_DRIVER_CPU
     return max(1, int(ray.cluster_resources().get("CPU", 1) // need))
 
 
@@ -255,7 +255,7 @@ def run_sweep(sweep: Sweep) -> str:
     TrainingFailed, naming them, when trials failed (after writing everything)."""
     claim_folder(sweep)
     pending = [t for t in sweep.trials if not finished(t, _trial_digest(t))]
-    with ray_session(sweep.trials[0].cfg.cluster):
+    with ray_session(sweep.trials[0].cfg.cluster, extra_cpus=TRIAL_DRIVER_CPU):
         if pending:
             share_stages(sweep)
             run_tune(sweep, pending)
