@@ -28,9 +28,9 @@ def ray_session(cluster: DictConfig, extra_cpus: float = 0.0) -> Iterator[None]:
 
     The local instance gets a CPU more than the workers (and `extra_cpus`: a sweep's trial
     process) need, or what the re-tokenizing pool needs if more, so Ray Data's read tasks are
-    never starved by the training workers, and a dashboard, which serves Ray's state API. It is always a new one (`address="local"`): a bare
-    `ray.init()` would join whatever instance /tmp/ray/ray_current_cluster names, even a dead
-    one, while the user asked for none.
+    never starved by the training workers, and a dashboard, which serves Ray's state API. It
+    is always a new one (`address="local"`): a bare `ray.init()` would join whatever instance
+    /tmp/ray/ray_current_cluster names, even a dead one, while the user asked for none.
     """
     if ray.is_initialized():
         yield
