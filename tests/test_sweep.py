@@ -45,6 +45,9 @@ def test_a_bad_extrapolation_is_flagged_and_a_good_one_passes():
     bad = axis_fit(x, overfit, tolerance=0.02)
     assert not bad["held_out"]["passed"] and bad["held_out"]["relative_error"] > 0.1
     assert axis_fit(x[:2], y[:2], 0.02)["status"].startswith("too few points")
+    assert not good["at_bounds"]
+    rising = axis_fit(x, np.array([3.0, 2.5, 2.2, 2.3, 2.4, 2.6]), tolerance=0.5)
+    assert rising["at_bounds"]  # it falls, then rises: no power law, whatever its check
 
 
 def test_the_frontier_keeps_each_point_below_every_cheaper_one():

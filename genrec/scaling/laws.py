@@ -154,6 +154,15 @@ def held_out(
     )
 
 
+def at_bounds(law: PowerLaw | JointLaw, y: np.ndarray) -> bool:
+    """A fit pressed against its bounds: an exponent at the largest allowed, or the floor E at
+    the lowest point. The points then do not fall as a power law (they flatten or rise), and
+    the "law" is a step, whatever its held-out error."""
+    exponents = [law.alpha] + ([law.beta] if isinstance(law, JointLaw) else [])
+    floor = (1 - 1e-6) * float(np.min(y))
+    return max(exponents) >= 0.999 * MAX_EXPONENT or floor <= law.E
+
+
 def axis_fit(x: np.ndarray, y: np.ndarray, tolerance: float) -> dict:
     """A power law along one axis, and its held-out check where 3 points remain to fit
     without the largest; or why there is none."""
@@ -161,7 +170,8 @@ def axis_fit(x: np.ndarray, y: np.ndarray, tolerance: float) -> dict:
     distinct = np.unique(x).size
     if distinct < 3:
         return {"status": f"too few points: {distinct} distinct x, 3 needed"}
-    fit = {"status": "fitted", "law": asdict(fit_power_law(x, y)), "points": x.size}
+    law = fit_power_law(x, y)
+    fit = {"status": "fitted", "law": asdict(law), "points": x.size, "at_bounds": at_bounds(law, y)}
     if distinct < 4:
         return fit | {"held_out": None, "check": "none: 4 distinct x needed"}
     check = held_out(x, lambda m: fit_power_law(x[m], y[m])(x), y, tolerance)
@@ -195,6 +205,7 @@ def joint_fit(
         "status": "fitted",
         "law": asdict(law),
         "points": y.size,
+        "at_bounds": at_bounds(law, y),
         "alpha_interval": [float(lo[0]), float(hi[0])],
         "beta_interval": [float(lo[1]), float(hi[1])],
         "bootstrap": len(draws),

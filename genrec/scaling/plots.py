@@ -25,7 +25,9 @@ def _curve(ax: Axes, fit: dict, label: str, color: str | None = None) -> None:
     law = PowerLaw(**fit["law"])
     x = np.geomspace(min(fit["x"]), max(fit["x"]), 100)
     check, text = fit["held_out"], f"{label}: α={law.alpha:.3f}"
-    if check is not None:
+    if fit["at_bounds"]:
+        text += " (at its bounds: no power law)"
+    elif check is not None:
         verdict = "passes" if check["passed"] else "FAILS"
         text += f", held-out {check['relative_error']:.1%} ({verdict})"
     ax.plot(x, law(x), "--", color=color, label=text)
