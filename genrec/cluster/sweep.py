@@ -209,6 +209,11 @@ def collect(sweep: Sweep) -> list[dict[str, Any]]:
     return rows
 
 
+def _cell(value: Any) -> Any:
+    """An axis value in the CSV: a map or list as JSON."""
+    return json.dumps(value) if isinstance(value, dict | list) else value
+
+
 def write_results(sweep: Sweep, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """results.csv (one row a trial, its axes as columns), results.json, fits.json, PNGs."""
     folder = sweep.sweep_dir
@@ -216,7 +221,7 @@ def write_results(sweep: Sweep, rows: list[dict[str, Any]]) -> dict[str, Any]:
         writer = csv.writer(f)
         writer.writerow([*COLUMNS[:2], *sweep.axes, *COLUMNS[2:]])
         for row in rows:
-            axes = [row["axes"].get(axis, "") for axis in sweep.axes]
+            axes = [_cell(row["axes"].get(axis, "")) for axis in sweep.axes]
             writer.writerow(
                 [row.get("name"), row.get("status"), *axes, *(row.get(c, "") for c in COLUMNS[2:])]
             )
