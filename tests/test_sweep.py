@@ -150,7 +150,8 @@ def _sweep_file(folder: Path, text: str) -> Path:
 def test_every_sweep_file_loads(path):
     sweep = load_sweep(path, [])
     assert len(sweep.trials) >= 4 and sweep.model_axes == ["trainer.model"]
-    assert sweep.sweep_dir == Path("sweeps") / path.stem
+    assert sweep.sweep_dir == Path.cwd() / "sweeps" / path.stem  # absolute: trials chdir
+    assert Path(sweep.trials[0].cfg.run_dir).is_absolute()
 
 
 def test_bad_sweep_files_fail_before_any_trial(tmp_path):

@@ -85,8 +85,9 @@ def _points(spec: dict, where: str) -> list[dict[str, Any]]:
 
 
 def _sweep_dir(path: Path, overrides: list[str]) -> Path:
+    """Absolute: a Tune trial runs in a folder of its own, where a relative path would land."""
     given = [item.split("=", 1)[1] for item in overrides if item.startswith("run_dir=")]
-    return Path(given[-1] if given else Path("sweeps") / path.stem)
+    return Path(given[-1] if given else Path("sweeps") / path.stem).absolute()
 
 
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
