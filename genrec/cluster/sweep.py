@@ -101,12 +101,12 @@ def share_stages(sweep: Sweep) -> None:
                 link.symlink_to(target, target_is_directory=True)
 
 
-def finished(trial: Trial, digest: str) -> bool:
+def finished(trial: Trial) -> bool:
     path = Path(trial.cfg.run_dir) / TRIAL_RECORD
     if not path.exists():
         return False
     record = json.loads(path.read_text())
-    return record.get("status") == "finished" and record.get("config_digest") == digest
+    return record.get("status") == "finished" and record.get("config_digest") == trial.digest
 
 
 def _last(validations: list[dict], key: str) -> float:
@@ -176,7 +176,7 @@ def run_tune(sweep: Sweep, pending: list[Trial]) -> None:
             "name": t.name,
             "axes": t.axes,
             "cfg": to_plain(t.cfg),
-            "digest": _trial_digest(t),
+            "digest": t.digest,
         }
         for t in pending
     }
@@ -193,10 +193,6 @@ def run_tune(sweep: Sweep, pending: list[Trial]) -> None:
         ),
     )
     tuner.fit()
-
-
-def _trial_digest(trial: Trial) -> str:
-    return fingerprint(to_plain(trial.cfg))
 
 
 def collect(sweep: Sweep) -> list[dict[str, Any]]:
@@ -232,7 +228,7 @@ def write_results(sweep: Sweep, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return fits
 
 
-def summary(sweep: Sweep, rows: list[dict[str, Any]], fits: dict[str, Any]) -> str:
+def summarise(sweep: Sweep, rows: list[dict[str, Any]], fits: dict[str, Any]) -> str:
     done = [row for row in rows if row["status"] == "finished"]
     lines = [f"trials {len(done)} of {len(rows)} finished"]
     for row in done:
@@ -259,13 +255,13 @@ def run_sweep(sweep: Sweep) -> str:
     """Runs the sweep's unfinished trials; writes and summarises its results. Raises
     TrainingFailed, naming them, when trials failed (after writing everything)."""
     claim_folder(sweep)
-    pending = [t for t in sweep.trials if not finished(t, _trial_digest(t))]
+    pending = [t for t in sweep.trials if not finished(t)]
     with ray_session(sweep.trials[0].cfg.cluster, extra_cpus=TRIAL_DRIVER_CPU):
         if pending:
             share_stages(sweep)
             run_tune(sweep, pending)
     rows = collect(sweep)
-    text = summary(sweep, rows, write_results(sweep, rows))
+    text = summarise(sweep, rows, write_results(sweep, rows))
     failed = [row for row in rows if row["status"] != "finished"]
     if failed:
         print(text, flush=True)

@@ -27,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from genrec.config import load_config
 from genrec.errors import ConfigError
-from genrec.provenance import fingerprint
+from genrec.provenance import fingerprint, to_plain
 
 KEYS = {"base", "overrides", "grid", "points", "max_concurrent_trials", "tolerance"}
 MODEL_AXIS = "trainer.model"  # the model-size axes: it and the keys under it
@@ -38,6 +38,7 @@ class Trial:
     name: str
     axes: dict[str, Any]
     cfg: DictConfig
+    digest: str  # of the whole config: a finished trial with another digest runs again
 
 
 @dataclass
@@ -121,7 +122,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
             cfg = load_config(base, [*fixed, *overrides, *settings, run_dir])
         except ConfigError as err:
             raise ConfigError(f"{path}: trial {name}: {err}") from err
-        trials.append(Trial(name, axes, cfg))
+        trials.append(Trial(name, axes, cfg, fingerprint(to_plain(cfg))))
     axes = list(dict.fromkeys(key for trial in trials for key in trial.axes))
     return Sweep(
         path=path,
