@@ -44,23 +44,47 @@ def gradients(model: torch.nn.Module, loss: torch.Tensor) -> list[torch.Tensor]:
     return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
 
+def window_and_prefix_batches(codes: ItemCodes) -> tuple[Batch, Batch]:
+    """The windows of `sequences()` in one batch, and every trained prefix of them in another,
+    in the order of the model's outputs."""
+    windows = [w for user, s in enumerate(sequences()) for w in window_examples(user, s, 8, 3)]
+    prefixes = [
+        {"user": w["user"], "history": w["history"][: j + 1], "target": w["target"][j]}
+        for w in windows
+        for j in np.flatnonzero(w["target"] >= 0)
+    ]
+    return batch_of(windows, codes), batch_of(prefixes, codes)
+
+
 @pytest.mark.parametrize("buckets", [0, 7])
 def test_one_pass_loss_and_gradients_equal_the_per_prefix_computation(buckets):
     """Windows of 5 sequences (left-padded in one batch, later windows' first targets not
     trained) against every prefix example of the same windows, one encoder pass each."""
-    model, codes, loss = causal_model(num_user_buckets=buckets), item_codes(), CodeGeneration()
-    windows = [w for user, s in enumerate(sequences()) for w in window_examples(user, s, 8, 3)]
-    prefixes = []
-    for w in windows:
-        for j in np.flatnonzero(w["target"] >= 0):
-            history = w["history"][: j + 1]
-            prefixes.append({"user": w["user"], "history": history, "target": w["target"][j]})
-    assert len(prefixes) == sum(len(s) - 1 for s in sequences())
-    one_pass, _ = loss(model, batch_of(windows, codes))
-    per_prefix, _ = loss(model, batch_of(prefixes, codes))
+    model, loss = causal_model(num_user_buckets=buckets), CodeGeneration()
+    windows, prefixes = window_and_prefix_batches(item_codes())
+    assert len(prefixes.target) == sum(len(s) - 1 for s in sequences())
+    one_pass, _ = loss(model, windows)
+    per_prefix, _ = loss(model, prefixes)
     torch.testing.assert_close(one_pass, per_prefix, atol=1e-5, rtol=1e-5)
     for a, b in zip(gradients(model, one_pass), gradients(model, per_prefix), strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("head", ["decoder", "pooled"])
+def test_every_prefix_views_equal_the_per_prefix_ones(head):
+    """ETEGRec's aligned outputs and TokenRec's preference vectors, one pass against one
+    prefix at a time: only trained prefixes come out, in the order of their targets."""
+    model = causal_model(latent_adapter_dim=5, embedding_adapter_dim=6, preference_head=head)
+    windows, prefixes = window_and_prefix_batches(item_codes())
+    with torch.no_grad():
+        one_pass = model(windows.history_codes, windows.target_codes, aligned=True)
+        per_prefix = model(prefixes.history_codes, prefixes.target_codes, aligned=True)
+        preference = model(windows.history_codes, None, prefixes=windows.prefixes)
+        single = model(prefixes.history_codes, None)
+    assert one_pass[0].size(0) == len(prefixes.target) < windows.target.numel()
+    for a, b in zip(one_pass, per_prefix, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(preference, single, atol=1e-5, rtol=1e-5)
 
 
 def test_no_target_attends_to_a_later_item():
@@ -74,8 +98,8 @@ def test_no_target_attends_to_a_later_item():
     changed[:, 5:] = (changed[:, 5:] + 1) % ITEMS
     targets = torch.randint(0, ITEMS, (2, 8), generator=generator)
     with torch.no_grad():
-        a = model(codes(items), codes(targets))
-        b = model(codes(changed), codes(targets))
+        a = model(codes(items), codes(targets)).view(2, 8, LEVELS + 1, -1)
+        b = model(codes(changed), codes(targets)).view(2, 8, LEVELS + 1, -1)
         memory_a, _ = model.encode(codes(items))
         memory_b, _ = model.encode(codes(changed))
     width = LEVELS + 1
@@ -93,13 +117,13 @@ def test_cached_decoding_equals_teacher_forcing():
     target = codes(torch.tensor([11, 12]))
     with torch.no_grad():
         full = model(history, target)
-        every = model(history, codes(torch.tensor([[0, 0, 0, 0, 11], [0, 0, 0, 0, 12]])))
+        every = model(history, codes(torch.tensor([[-1, -1, 0, 0, 11], [0, 0, 0, 0, 12]])))
         cache = model.init_cache(*model.encode(history))
         steps = [model.decode_step(cache, target[:, :step]) for step in range(LEVELS + 1)]
     for step, logits in enumerate(steps):
         size = D if step == LEVELS else K
         torch.testing.assert_close(logits, full[:, step, :size], atol=1e-5, rtol=0)
-        torch.testing.assert_close(logits, every[:, -1, step, :size], atol=1e-5, rtol=0)
+        torch.testing.assert_close(logits, every[[2, 7], step, :size], atol=1e-5, rtol=0)
 
 
 def test_every_prefix_needs_the_causal_encoder():
@@ -123,10 +147,11 @@ def test_windows_train_every_target_once_with_enough_history(length, stride):
     seen = []
     for w in windows:
         assert len(w["history"]) == len(w["target"]) <= 8
+        assert 1 <= int((w["target"] >= 0).sum()) <= stride
         assert np.array_equal(w["target"][w["target"] >= 0], seq[np.isin(seq, w["target"])])
         seen += [j + 1 for j in np.flatnonzero(w["target"] >= 0)]
-    # The first window holds each target's whole history (up to 8 items), as prefix examples
-    # do; later targets see at least 8 - stride + 1 items.
+    # The first 8 targets see their whole history, as prefix examples do; later targets see at
+    # least 8 - stride + 1 items.
     prefixes = [len(ex["history"]) for ex in prefix_examples(7, seq, 8)]
     assert seen[: min(length - 1, 8)] == prefixes[:8]
     assert all(n >= 8 - stride + 1 for n in seen[8:])
@@ -200,7 +225,7 @@ def _logits_after_training(cfg, inputs, storage, workers: int) -> list:
         with torch.no_grad():
             logits = loop.eval_model.eval()(batch.history_codes, batch.target_codes)
         if rank == 0:
-            out.write_text(json.dumps(batch.per_target(logits).nan_to_num(0).tolist()))
+            out.write_text(json.dumps(logits.nan_to_num(0).tolist()))
 
     on_train_workers(loop_per_worker, cfg, data_dir, tables, 0, workers, storage, "causal")
     return json.loads(out.read_text())

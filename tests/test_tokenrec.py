@@ -172,7 +172,7 @@ def test_losses_are_lowest_for_the_target_vector(loss):
     )
 
     def answering(vectors):
-        return lambda history_codes, target_codes, user, every_prefix: vectors
+        return lambda history_codes, target_codes, user, prefixes: vectors
 
     right, _ = fn(answering(items[targets]), _batch(targets))
     fn.generator.manual_seed(0)  # the same negatives

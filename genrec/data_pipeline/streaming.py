@@ -44,13 +44,17 @@ def prefix_examples(
 
 def window_examples(user: int, seq: np.ndarray, max_history: int, stride: int) -> Iterator[Example]:
     """The causal encoder's examples: windows of up to max_history items, each item's target
-    the next one (-1 where a target is not trained here). The first window trains the targets
-    it holds, each later one the next `stride` targets, so every target is trained once and
-    sees at least max_history - stride + 1 items (all before it, up to max_history, in the
-    first window: as `prefix_examples`)."""
+    the next one (-1 where a target is not trained here). Each window trains the next
+    `stride` targets, the newest it holds, so every target is trained once and sees at least
+    max_history - stride + 1 items (all before it, up to max_history: windows start at the
+    first item until they reach max_history items, as `prefix_examples`). No window trains
+    more than `stride`: the model decodes only trained targets, padding each window to the
+    batch's most."""
     trained, last = 0, seq.size - 1
     while trained < last:
-        end = min(last, trained + (max_history if trained == 0 else stride))
+        end = min(last, trained + stride)
+        if trained < max_history:
+            end = min(end, max_history)
         start = max(0, end - max_history)
         target = seq[start + 1 : end + 1].astype(np.int64)
         target[: trained - start] = -1

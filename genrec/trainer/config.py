@@ -198,7 +198,7 @@ class TrainerConfig:
     )
     window_stride: int | None = option(
         None,
-        "causal encoder: targets of each window after a sequence's first (null: half "
+        "causal encoder: targets each window trains, its newest ones (null: half "
         "of data.max_history)",
     )
     log_every: int = option(20, "optimizer steps between TensorBoard points")

@@ -239,8 +239,7 @@ class EndToEnd:
     def recommender_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         self.tokenizer.eval()
         engine = self.loop.engine
-        outputs = engine(batch.history_codes, batch.target_codes, batch.user, aligned=True)
-        logits, seq, dec = (batch.per_target(x) for x in outputs)
+        logits, seq, dec = engine(batch.history_codes, batch.target_codes, batch.user, aligned=True)
         codes = batch.per_target(batch.target_codes)
         generation = code_cross_entropy(logits, codes, self.cfg.trainer.temperature)
         terms = {"generation": generation.detach()}
@@ -267,7 +266,6 @@ class EndToEnd:
                 _, seq, dec = self.loop.engine(
                     batch.history_codes, batch.target_codes, batch.user, aligned=True
                 )
-            seq, dec = batch.per_target(seq), batch.per_target(dec)
             target, seq, dec = self.alignment_rows(target, seq, dec)
         else:
             target = target[first_occurrences(target)]

@@ -171,8 +171,7 @@ def count_parameters(config: ModelConfig) -> int:
     encoder = config.encoder_layers * (attention + ffn + 2 * d)
     decoder = config.decoder_layers * (2 * attention + ffn + 3 * d)
     adapters = (d + 1) * (config.latent_adapter_dim + config.embedding_adapter_dim)
-    recency = d * d + (config.max_history_items + 1) * config.num_heads  # start, items_back
-    causal = recency if config.encoder == "causal" else 0
+    causal = d * d if config.encoder == "causal" else 0  # the decoder's start projection
     return embedding_parameters(config) + encoder + decoder + 2 * d + adapters + causal
 
 
@@ -406,6 +405,11 @@ class DecoderCache:
         )
 
 
+def kept(rows: Tensor, keep: Tensor | None) -> Tensor:
+    """The output rows [N, ...] of decoding rows [B * Q, ...] marked in `keep` (None: all)."""
+    return rows if keep is None else rows[keep]
+
+
 def adapter(d_model: int, width: int) -> nn.Linear | None:
     return nn.Linear(d_model, width) if width else None
 
@@ -436,12 +440,13 @@ class GenerativeRecommender(nn.Module):
         self.embedding_adapter = adapter(d, config.embedding_adapter_dim)
         # The causal encoder's positions count from the oldest item, so nothing would tell the
         # decoder which item is the newest: its first input gets the newest item's state, and
-        # every attention a learned bias per head by how many items back a key is (T5's
-        # relative bias, with one more bucket for the user's tokens).
+        # every attention a fixed per-head penalty by how many items back a key is (ALiBi's
+        # slopes; the user's tokens are never penalised). Fixed, so the additive mask needs no
+        # gradient and attention keeps torch's fused kernel (a learned bias forces its math path).
         causal = config.encoder == "causal"
         self.start = nn.Linear(d, d, bias=False) if causal else None
-        buckets = config.max_history_items + 1
-        self.items_back = nn.Embedding(buckets, config.num_heads) if causal else None
+        slopes = 2.0 ** (-8.0 * torch.arange(1, config.num_heads + 1) / config.num_heads)
+        self.register_buffer("recency_slopes", slopes, persistent=False)
         sizes = torch.tensor(config.level_sizes())
         self.register_buffer("level_sizes", sizes, persistent=False)
         self.register_buffer(
@@ -516,23 +521,20 @@ class GenerativeRecommender(nn.Module):
 
     def biased(self, seen: Tensor, items: Tensor, token_items: Tensor) -> Tensor:
         """The additive mask [B, heads, Q, S] of queries at history items `items` ([Q], or
-        [B, Q] where rows differ) over keys of items `token_items` [S]: each head's bias by how
-        many items back the key is (the user's tokens: the last bucket), -inf where `seen`
-        [B, Q, S] is False. Without a batch dimension the bias is looked up once for all rows
-        (its backward scatters Q x S entries, not B x Q x S)."""
-        back = items[..., None] - token_items
-        last = self.config.max_history_items
-        buckets = torch.where(token_items < 0, last, back.clamp(0, last - 1))
-        bias = self.items_back(buckets).movedim(-1, -3)
+        [B, Q] where rows differ) over keys of items `token_items` [S]: each head's penalty,
+        its slope times how many items back the key is (the user's tokens: none), -inf where
+        `seen` [B, Q, S] is False."""
+        back = torch.where(token_items < 0, 0, items[..., None] - token_items).clamp(min=0)
+        bias = -self.recency_slopes[:, None, None] * back[..., None, :, :]
         return (bias if bias.dim() == 4 else bias[None]).masked_fill(~seen[:, None], float("-inf"))
 
     @staticmethod
     def visible(mask: Tensor, token_items: Tensor, items: Tensor) -> Tensor:
-        """[B, Q, S]: for queries at history items `items` [Q], the real encoder tokens (`mask`
-        [B, S], of items `token_items` [S]) of that item and earlier ones, the user's tokens
-        included. A query with none (padding) gets every real token instead, so that no
-        attention row is empty: its output is never read."""
-        seen = (token_items[None, None, :] <= items[None, :, None]) & mask[:, None, :]
+        """[B, Q, S]: for queries at history items `items` ([Q], or [B, Q] where rows differ),
+        the real encoder tokens (`mask` [B, S], of items `token_items` [S]) of that item and
+        earlier ones, the user's tokens included. A query with none (padding) gets every real
+        token instead, so that no attention row is empty: its output is never read."""
+        seen = (token_items <= items[..., None]) & mask[:, None, :]
         return torch.where(seen.any(-1, keepdim=True), seen, mask[:, None, :])
 
     def init_cache(self, memory: Tensor, memory_mask: Tensor, beams: int = 1) -> DecoderCache:
@@ -552,12 +554,8 @@ class GenerativeRecommender(nn.Module):
             start = start if rows.size(1) > 1 else start.repeat_interleave(beams, dim=0)
             items = (memory.size(1) - self.config.user_tokens) // self.config.codes_per_item
             token_items = self.token_items(items, memory.device)
-            # Rows of every prefix at once see up to their own item; a row over all tokens
-            # sees up to the newest.
-            every = torch.arange(rows.size(1), device=rows.device)
-            memory_mask = self.biased(
-                rows, every if rows.size(1) > 1 else token_items[last], token_items
-            )
+            # Each row's queries stand at the newest item it sees.
+            memory_mask = self.biased(rows, token_items[last], token_items)
         return DecoderCache(
             cross_k=[k for k, _ in cross],
             cross_v=[v for _, v in cross],
@@ -600,61 +598,68 @@ class GenerativeRecommender(nn.Module):
         target_codes: Tensor | None,
         user: Tensor | None = None,
         aligned: bool = False,
-        every_prefix: bool = False,
+        prefixes: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         """Teacher-forced logits [B, L+1, max(K, D)]; codes outside a step's set are -inf.
 
         With the causal encoder, targets may be [B, H, L+1], one per history item (the item
-        after it; any codes where none is trained): logits [B, H, L+1, max(K, D)], every
-        prefix of the history decoded at once, each target's cross-attention limited to its
-        own prefix.
+        after it; all -1 where none is trained): every trained prefix of the history is
+        decoded at once, each target's cross-attention limited to its own prefix, and the
+        outputs are one row per trained target [N, L+1, max(K, D)], in the order of
+        `target_codes[target_codes[..., 0] >= 0]`. Untrained rows cost nothing.
 
         With `aligned`, also the adapters' views (ETEGRec), per target: the encoder output
         mean-pooled over the real tokens it sees in the tokenizer's latent space, and the
         decoder's first state in the item-embedding space. Without targets, only that last
-        view (TokenRec's preference vector, one decoder step; `every_prefix` as `preference`)."""
+        view (TokenRec's preference vector, one decoder step; `prefixes` as `preference`)."""
         if target_codes is None:
-            return self.preference(history_codes, user, every_prefix)
+            return self.preference(history_codes, user, prefixes)
         memory, mask = self.encode(history_codes, user)
-        items = self._check_targets(target_codes, history_codes)
+        trained = self._check_targets(target_codes, history_codes)
         width = self.config.codes_per_item
+        cache, seen, keep, position = self._cache(memory, mask, trained)
+        if position is not None:
+            target_codes = target_codes.gather(1, position[..., None].expand(-1, -1, width))
         flat = target_codes.reshape(-1, width)
         bos = flat.new_full((flat.size(0), 1), BOS)
         shifted = flat[:, :-1].clamp(min=0) + self.level_offsets[:-1]
-        cache, seen = self._cache(memory, mask, items)
         hidden = self._decode(cache, torch.cat([bos, shifted], dim=1))
         logits = torch.einsum("btd,tkd->btk", hidden, self.head)
         logits = logits.masked_fill(~self.valid_codes, float("-inf"))
-        lead = target_codes.shape[:-1]
-        logits = logits.view(*lead, width, -1)
         if not aligned:
-            return logits
+            return kept(logits, keep)
         if self.latent_adapter is None or self.embedding_adapter is None:
             raise ValueError("aligned outputs need latent_adapter_dim and embedding_adapter_dim")
-        pooled = self._pooled(memory, seen)
+        pooled = self._pooled(memory, seen).flatten(0, 1)
         return (
-            logits,
-            self.latent_adapter(pooled).view(*lead, -1),
-            self.embedding_adapter(hidden[:, 0]).view(*lead, -1),
+            kept(logits, keep),
+            self.latent_adapter(kept(pooled, keep)),
+            self.embedding_adapter(kept(hidden[:, 0], keep)),
         )
 
-    def _rows(self, mask: Tensor, items: int | None) -> Tensor:
-        """The encoder tokens [B, Q, S] each history's Q decoding rows see: one row seeing all
-        (`items` None), or, decoding every prefix at once (causal encoder), one per history
-        item seeing that item's prefix."""
-        if items is None:
-            return mask[:, None]
-        token_items = self.token_items(items, mask.device)
-        return self.visible(mask, token_items, torch.arange(items, device=mask.device))
+    @staticmethod
+    def _trained_rows(trained: Tensor) -> tuple[Tensor, Tensor]:
+        """The history positions [B, R] of each row's trained prefixes (`trained` [B, H]),
+        oldest first, R the most any row trains, and which of them are real [B, R] (the
+        rest repeat a position and are dropped)."""
+        count = trained.sum(1)
+        order = torch.sort((~trained).to(torch.uint8), dim=1, stable=True).indices
+        rows = int(count.max()) if count.numel() else 0
+        return order[:, :rows], torch.arange(rows, device=trained.device) < count[:, None]
 
     def _cache(
-        self, memory: Tensor, mask: Tensor, items: int | None
-    ) -> tuple[DecoderCache, Tensor]:
-        """The decoder's cache and what its rows see (`_rows`)."""
-        seen = self._rows(mask, items)
-        if items is None:
-            return self.init_cache(memory, mask), seen
-        return self.init_cache(memory, seen, beams=items), seen
+        self, memory: Tensor, mask: Tensor, trained: Tensor | None
+    ) -> tuple[DecoderCache, Tensor, Tensor | None, Tensor | None]:
+        """The decoder's cache, the encoder tokens [B, Q, S] each of its rows sees, which rows
+        [B * Q] are outputs (None: all), and the rows' history positions [B, Q]: one row per
+        history seeing all of it (`trained` None), or, decoding every trained prefix at once
+        (causal encoder), one per trained prefix seeing only that prefix."""
+        if trained is None:
+            return self.init_cache(memory, mask), mask[:, None], None, None
+        position, keep = self._trained_rows(trained)
+        items = (mask.size(1) - self.config.user_tokens) // self.config.codes_per_item
+        seen = self.visible(mask, self.token_items(items, mask.device), position)
+        return self.init_cache(memory, seen, beams=position.size(1)), seen, keep.flatten(), position
 
     @staticmethod
     def _pooled(memory: Tensor, seen: Tensor) -> Tensor:
@@ -663,24 +668,24 @@ class GenerativeRecommender(nn.Module):
         return (weights @ memory) / weights.sum(-1, keepdim=True).clamp(min=1)
 
     def preference(
-        self, history_codes: Tensor, user: Tensor | None = None, every_prefix: bool = False
+        self, history_codes: Tensor, user: Tensor | None = None, prefixes: Tensor | None = None
     ) -> Tensor:
         """TokenRec's query for nearest-neighbour retrieval in the item-embedding space [B,
         embedding_adapter_dim]: the decoder's first state (BOS over the encoded history), or
-        with `preference_head="pooled"` the mean of the encoder's states. With
-        `every_prefix` (causal encoder), one per history item over its prefix [B, H, ...]."""
+        with `preference_head="pooled"` the mean of the encoder's states. With `prefixes`
+        [B, H] (causal encoder), one per prefix marked True, over that prefix [N, ...]."""
         if self.embedding_adapter is None:
             raise ValueError("a preference vector needs embedding_adapter_dim > 0")
         memory, mask = self.encode(history_codes, user)
-        items = self._every_prefix(history_codes) if every_prefix else None
-        lead = history_codes.shape[:2] if every_prefix else history_codes.shape[:1]
+        if prefixes is not None:
+            self._needs_causal()
+        cache, seen, keep, _ = self._cache(memory, mask, prefixes)
         if self.config.preference_head == "pooled":
-            pooled = self._pooled(memory, self._rows(mask, items))
-            return self.embedding_adapter(pooled).view(*lead, -1)
-        cache, _ = self._cache(memory, mask, items)
+            pooled = self._pooled(memory, seen).flatten(0, 1)
+            return self.embedding_adapter(kept(pooled, keep))
         bos = torch.full((cache.batch_size, 1), BOS, dtype=torch.long, device=memory.device)
         hidden = self._decode(cache, bos)
-        return self.embedding_adapter(hidden[:, 0]).view(*lead, -1)
+        return self.embedding_adapter(kept(hidden[:, 0], keep))
 
     def loss(
         self,
@@ -723,9 +728,9 @@ class GenerativeRecommender(nn.Module):
                 f"code range [0, {sizes[level].item()})"
             )
 
-    def _check_targets(self, target_codes: Tensor, history_codes: Tensor) -> int | None:
+    def _check_targets(self, target_codes: Tensor, history_codes: Tensor) -> Tensor | None:
         """Checks the targets: one per history [B, L+1] (returns None), or, with the causal
-        encoder, one per history item [B, H, L+1] (returns H)."""
+        encoder, one per history item [B, H, L+1] (returns which are trained, [B, H])."""
         width = self.config.codes_per_item
         batch, items = history_codes.shape[:2]
         every = target_codes.dim() == 3
@@ -737,16 +742,18 @@ class GenerativeRecommender(nn.Module):
                 f"{list(target_codes.shape)}"
             )
         self._check_codes(target_codes.clamp(min=0) if every else target_codes, "target_codes")
-        return self._every_prefix(history_codes) if every else None
+        if not every:
+            return None
+        self._needs_causal()
+        return target_codes[..., 0] >= 0
 
-    def _every_prefix(self, history_codes: Tensor) -> int:
+    def _needs_causal(self) -> None:
         """Decoding every prefix of the histories at once needs the causal encoder."""
         if self.config.encoder != "causal":
             raise ValueError(
                 "decoding every prefix at once needs the causal encoder (encoder='causal'): "
                 "the bidirectional one lets each item see later ones"
             )
-        return history_codes.size(1)
 
     def _check_history(self, history_codes: Tensor) -> Tensor:
         """Checks history codes and returns which items are real (not padding)."""

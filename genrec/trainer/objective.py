@@ -34,9 +34,14 @@ class Batch:
     def every_prefix(self) -> bool:
         return self.target.dim() == 2
 
+    @property
+    def prefixes(self) -> Tensor | None:
+        """The windows' trained prefixes [B, H], which the model reads out (None: one each)."""
+        return self.target >= 0 if self.every_prefix else None
+
     def per_target(self, values: Tensor) -> Tensor:
-        """A model output per target ([B, ...], or [B, H, ...] for windows) as one row per
-        trained target."""
+        """A batch tensor per target ([B, ...], or [B, H, ...] for windows) as one row per
+        trained target, the order of the model's outputs."""
         return values[self.target >= 0] if self.every_prefix else values
 
     @classmethod
@@ -71,5 +76,5 @@ class CodeGeneration:
     def __call__(self, model: torch.nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         logits = model(batch.history_codes, batch.target_codes, batch.user)
         codes = batch.per_target(batch.target_codes)
-        loss = code_cross_entropy(batch.per_target(logits), codes, self.temperature)
+        loss = code_cross_entropy(logits, codes, self.temperature)
         return loss, {"generation": loss.detach()}

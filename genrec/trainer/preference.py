@@ -160,8 +160,8 @@ class RetrievalLossFn:
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         users = self.catalogue.user_codes(batch)
-        preference = model(batch.history_codes, None, users, every_prefix=batch.every_prefix)
-        preference, target = batch.per_target(preference), batch.per_target(batch.target)
+        preference = model(batch.history_codes, None, users, prefixes=batch.prefixes)
+        target = batch.per_target(batch.target)
         items = self.catalogue.items
         drawn = torch.randint(len(items), (self.negatives,), generator=self.generator)
         drawn = drawn.to(items.device)
