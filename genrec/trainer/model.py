@@ -446,7 +446,7 @@ class GenerativeRecommender(nn.Module):
         causal = config.encoder == "causal"
         self.start = nn.Linear(d, d, bias=False) if causal else None
         slopes = 2.0 ** (-8.0 * torch.arange(1, config.num_heads + 1) / config.num_heads)
-        self.register_buffer("recency_slopes", slopes, persistent=False)
+        self.register_buffer("recency_slopes", slopes if causal else None, persistent=False)
         sizes = torch.tensor(config.level_sizes())
         self.register_buffer("level_sizes", sizes, persistent=False)
         self.register_buffer(
