@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,17 @@ class JoinedNode:
     node_id: str
 
 
+def forget_head(port: int) -> None:
+    """Removes `ray start`'s record of this head (ray_current_cluster), as `ray stop` would
+    (but that stops every instance on the machine). A stale record sends Ray's state API to a
+    dead address: a later `genrec run` would print Ray Train's placement-group cleaner
+    timing out on it."""
+    base = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
+    record = Path(base) / "ray" / "ray_current_cluster"
+    if record.exists() and record.read_text().strip().endswith(f":{port}"):
+        record.unlink()
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
     """A Ray head started as on a cluster (`ray start --head`, 3 CPUs and one `train_slot`),
@@ -160,3 +172,4 @@ def ray_cluster(tmp_path_factory):
         ray.shutdown()
         process.kill()
         process.wait(timeout=120)
+        forget_head(port)
