@@ -617,7 +617,8 @@ class GenerativeRecommender(nn.Module):
         memory, mask = self.encode(history_codes, user)
         trained = self._check_targets(target_codes, history_codes)
         width = self.config.codes_per_item
-        cache, seen, keep, position = self._cache(memory, mask, trained)
+        seen, keep, position = self._rows(mask, trained)
+        cache = self._decoder_cache(memory, mask, seen, position)
         if position is not None:
             target_codes = target_codes.gather(1, position[..., None].expand(-1, -1, width))
         flat = target_codes.reshape(-1, width)
@@ -647,19 +648,27 @@ class GenerativeRecommender(nn.Module):
         rows = int(count.max()) if count.numel() else 0
         return order[:, :rows], torch.arange(rows, device=trained.device) < count[:, None]
 
-    def _cache(
-        self, memory: Tensor, mask: Tensor, trained: Tensor | None
-    ) -> tuple[DecoderCache, Tensor, Tensor | None, Tensor | None]:
-        """The decoder's cache, the encoder tokens [B, Q, S] each of its rows sees, which rows
-        [B * Q] are outputs (None: all), and the rows' history positions [B, Q]: one row per
-        history seeing all of it (`trained` None), or, decoding every trained prefix at once
-        (causal encoder), one per trained prefix seeing only that prefix."""
+    def _rows(
+        self, mask: Tensor, trained: Tensor | None
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The encoder tokens [B, Q, S] each output row sees, which rows [B * Q] are outputs
+        (None: all), and the rows' history positions [B, Q]: one row per history seeing all
+        of it (`trained` None), or, reading every trained prefix at once (causal encoder), one
+        per trained prefix seeing only that prefix."""
         if trained is None:
-            return self.init_cache(memory, mask), mask[:, None], None, None
+            return mask[:, None], None, None
         position, keep = self._trained_rows(trained)
         items = (mask.size(1) - self.config.user_tokens) // self.config.codes_per_item
         seen = self.visible(mask, self.token_items(items, mask.device), position)
-        return self.init_cache(memory, seen, beams=position.size(1)), seen, keep.flatten(), position
+        return seen, keep.flatten(), position
+
+    def _decoder_cache(
+        self, memory: Tensor, mask: Tensor, seen: Tensor, position: Tensor | None
+    ) -> DecoderCache:
+        """The decoder's cache for the rows of `_rows`."""
+        if position is None:
+            return self.init_cache(memory, mask)
+        return self.init_cache(memory, seen, beams=position.size(1))
 
     @staticmethod
     def _pooled(memory: Tensor, seen: Tensor) -> Tensor:
@@ -679,10 +688,11 @@ class GenerativeRecommender(nn.Module):
         memory, mask = self.encode(history_codes, user)
         if prefixes is not None:
             self._needs_causal()
-        cache, seen, keep, _ = self._cache(memory, mask, prefixes)
+        seen, keep, position = self._rows(mask, prefixes)
         if self.config.preference_head == "pooled":
             pooled = self._pooled(memory, seen).flatten(0, 1)
             return self.embedding_adapter(kept(pooled, keep))
+        cache = self._decoder_cache(memory, mask, seen, position)
         bos = torch.full((cache.batch_size, 1), BOS, dtype=torch.long, device=memory.device)
         hidden = self._decode(cache, bos)
         return self.embedding_adapter(kept(hidden[:, 0], keep))

@@ -42,7 +42,7 @@ class Batch:
     def per_target(self, values: Tensor) -> Tensor:
         """A batch tensor per target ([B, ...], or [B, H, ...] for windows) as one row per
         trained target, the order of the model's outputs."""
-        return values[self.target >= 0] if self.every_prefix else values
+        return values[self.prefixes] if self.every_prefix else values
 
     @classmethod
     def coded(
