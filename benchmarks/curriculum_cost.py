@@ -29,9 +29,9 @@ from genrec.config import load_config
 from genrec.data_pipeline.prepare import load_manifest
 from genrec.data_pipeline.streaming import TrainExamples, collate, length_grouped
 from genrec.methods import method_spec
-from genrec.trainer.curriculum import Curriculum
+from genrec.methods.mtgrec.curriculum import Curriculum
+from genrec.methods.mtgrec.influence import group_weights
 from genrec.trainer.engine import full_state_dict
-from genrec.trainer.influence import group_weights
 from genrec.trainer.train import Loop
 
 

@@ -23,10 +23,10 @@ import torch
 from genrec import artifacts
 from genrec.config import config_from_dict
 from genrec.data_pipeline.prepared import load_prepared
+from genrec.methods.tokenrec.preference import RetrievalRanker, retrieval
 from genrec.trainer.checkpoint import load_model
 from genrec.trainer.evaluate import eval_batches
 from genrec.trainer.item_codes import ItemCodes
-from genrec.trainer.preference import RetrievalRanker, retrieval
 from genrec.trainer.ranking import BeamSearchRanker
 
 

@@ -15,8 +15,7 @@ from genrec.cluster.train_job import train
 from genrec.config import load_config
 from genrec.errors import ConfigError, DataError
 from genrec.methods import method_spec
-from genrec.provenance import file_digest
-from genrec.trainer.end_to_end import (
+from genrec.methods.etegrec.end_to_end import (
     Phase,
     first_occurrences,
     gather_rows,
@@ -25,6 +24,7 @@ from genrec.trainer.end_to_end import (
     phase_of,
     symmetric_kl,
 )
+from genrec.provenance import file_digest
 from genrec.trainer.evaluate import evaluate_checkpoint
 from tests.conftest import on_train_workers
 
@@ -169,7 +169,7 @@ def _alternate(
 
     def loop_per_worker(config: dict) -> None:  # a closure: Ray ships it by value
         from genrec.config import config_from_dict
-        from genrec.trainer.end_to_end import Phase
+        from genrec.methods.etegrec.end_to_end import Phase
         from genrec.trainer.train import Loop
         from genrec.trainer.trie import ItemTrie
 
@@ -177,7 +177,7 @@ def _alternate(
         cfg = config_from_dict(config["cfg"])
         tables = [Path(t) for t in config["tables"]]
         loop = Loop(cfg, Path(config["data"]), tables, "alternate", method_spec("etegrec"))
-        joint, rank, world = loop.joint, loop.rank, loop.world_size
+        (joint,), rank, world = loop.plugins, loop.rank, loop.world_size
 
         def weights(module):
             return {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -189,7 +189,7 @@ def _alternate(
             losses = []
             for rows in rows_list:
                 terms = loop.micro_step({k: v[rank::world] for k, v in rows.items()})
-                joint.after_step()
+                joint.step_end(None)
                 losses.append({k: float(v) for k, v in terms.items() if k != "loss"})
             return losses
 
@@ -200,7 +200,7 @@ def _alternate(
         seen["model_frozen"], seen["tokenizer_moved"] = same(model0, model1), not same(tok0, tok1)
         loop.progress.samples = loop.examples_per_epoch  # the tokenizer epoch ends here
         before = loop.codes.group(0).cpu().numpy()
-        joint.after_step()
+        joint.step_end(None)
         seen["phases"].append(joint.upcoming().value)
         fresh = joint.fresh_ids()
         table = loop.codes.group(0).cpu().numpy()
@@ -271,13 +271,13 @@ def test_without_alternation_every_step_trains_both_parts(run, tmp_path):
         tables = [Path(t) for t in config["tables"]]
         loop = Loop(cfg, Path(config["data"]), tables, "joint", method_spec("etegrec"))
         model = {k: v.clone() for k, v in loop.engine.module.state_dict().items()}
-        tokenizer = {k: v.clone() for k, v in loop.joint.tokenizer.state_dict().items()}
+        tokenizer = {k: v.clone() for k, v in loop.plugins[0].tokenizer.state_dict().items()}
         terms = [sorted(loop.micro_step(rows)) for rows in batches]
         moved = [
             any(not torch.equal(before[k], after[k]) for k in before)
             for before, after in (
                 (model, loop.engine.module.state_dict()),
-                (tokenizer, loop.joint.tokenizer.state_dict()),
+                (tokenizer, loop.plugins[0].tokenizer.state_dict()),
             )
         ]
         out.write_text(json.dumps({"terms": terms, "moved": moved, "steps": loop.engine_steps()}))

@@ -19,6 +19,13 @@ from genrec.config import load_config
 from genrec.data_pipeline.ray_ingest import PositionTracker, draw_groups, stream_batches
 from genrec.errors import DataError
 from genrec.methods import method_spec
+from genrec.methods.mtgrec.influence import (
+    Projection,
+    accumulated,
+    adam_direction,
+    bootstrap_noise,
+    group_weights,
+)
 from genrec.tokenizers.collisions import extend_dedup, extend_nearest_free
 from genrec.tokenizers.config import epoch_lr, is_kept, kept_window
 from genrec.tokenizers.tables import (
@@ -28,7 +35,6 @@ from genrec.tokenizers.tables import (
     serial_codes,
 )
 from genrec.trainer.checkpoint import save_model
-from genrec.trainer.influence import Projection, adam_direction, group_weights
 from genrec.trainer.item_codes import ItemCodes
 from genrec.trainer.model import GenerativeRecommender, ModelConfig
 from genrec.trainer.objective import Batch
@@ -220,18 +226,47 @@ def test_influence_parts():
     exact, approx = float(a @ b), float(project(a) @ project(b))
     assert approx == pytest.approx(exact, rel=0.1)
     assert torch.equal(project(a), Projection(2048, seed=3)(a))
-    flat = group_weights([[1.0, 2.0, 3.0]], [1.0], tau=1.0)
-    assert flat.argmax() == 2 and flat.min() > 0.1  # normalised: at most e-fold apart
-    late = group_weights([[3.0, 0.0], [0.0, 3.0]], [1.0, 3.0], tau=1.0, normalize=False)
+    late = group_weights([[3.0, 0.0], [0.0, 3.0]], [1.0, 3.0], tau=1.0)
     assert late[1] > late[0]  # the stage with the larger learning rate counts more
     with pytest.raises(ValueError, match="tau must be positive"):
         group_weights([[1.0]], [1.0], tau=0.0)
 
 
+def test_group_weights_are_the_papers_softmax_of_raw_scores_shrunk_by_their_noise():
+    """softmax(s / tau) of the raw learning-rate-weighted scores (no rescaling: a tiny
+    difference stays tiny, a large one decides), and differences inside the noise give uniform
+    weights; only differences beyond noise_z standard errors reweight."""
+    scores = [1.0, 2.0, 3.0]
+    paper = np.exp(np.array(scores) / 0.5) / np.exp(np.array(scores) / 0.5).sum()
+    assert group_weights([scores], [1.0], tau=0.5) == pytest.approx(paper)
+    tiny = group_weights([[6 - 1e-9, 6 + 1e-9]], [1.0], tau=1.0)
+    huge = group_weights([[6 - 1e6, 6 + 1e6]], [1.0], tau=1.0)
+    assert tiny == pytest.approx([0.5, 0.5]) and huge == pytest.approx([0.0, 1.0])
+    noisy = group_weights([scores], [1.0], tau=0.1, noise=[[5.0, 5.0, 5.0]], noise_z=2.0)
+    assert noisy == pytest.approx([1 / 3] * 3)
+    clear = group_weights([scores], [1.0], tau=0.1, noise=[[0.1, 0.1, 0.1]], noise_z=2.0)
+    assert clear.argmax() == 2 and clear[2] > 0.9
+    # Two stages of independent samples: the noise of their weighted mean is smaller.
+    _, se = accumulated([scores, scores], [[1.0] * 3, [1.0] * 3], [1.0, 1.0])
+    assert se == pytest.approx([0.5**0.5] * 3)
+
+
+def test_bootstrap_noise_measures_the_spread_of_group_differences():
+    """Chunk scores [G, K, J]: noise common to all groups (a shared validation chunk) cancels
+    in their differences; noise of one group's own is measured at its standard error."""
+    rng = np.random.default_rng(0)
+    k = j = 16
+    shared = rng.normal(0, 10.0, (1, k, j))
+    own = rng.normal(0, 1.0, (3, k, 1)) * np.array([0.0, 0.0, 4.0])[:, None, None]
+    noise = bootstrap_noise(shared + own, draws=400, seed=1)
+    assert noise[:2].max() < 0.6 and noise[2] == pytest.approx(4.0 * 2 / 3 / k**0.5, rel=0.35)
+    assert bootstrap_noise(np.ones((2, 4, 4)), draws=50, seed=0) == pytest.approx([0.0, 0.0])
+
+
 def test_influence_samples_build_exactly_the_drawn_examples(make_config):
     from genrec.data_pipeline.prepare import load_manifest
     from genrec.data_pipeline.streaming import TrainExamples, prefix_examples
-    from genrec.trainer.curriculum import influence_samples
+    from genrec.methods.mtgrec.curriculum import influence_samples
 
     cfg = make_config("data.synthetic.num_users=200", "data.users_per_shard=40")
     data_dir = stages.data(cfg)
@@ -339,9 +374,10 @@ def _scores_on(cfg, data_dir: Path, tables: list[Path], storage: Path, stage: in
                 loop.micro_step(part)
         loop.eval_model.load_state_dict(loop.engine.module.state_dict())
         loop.eval_model.eval()
-        scores = loop.curriculum.scores(loop)
-        loop.curriculum.settings.batch_items = 8  # the same sums, batched otherwise
-        rebatched = loop.curriculum.scores(loop)
+        (curriculum,) = loop.plugins
+        scores, _ = curriculum.scores()
+        curriculum.settings.batch_items = 8  # the same sums, batched otherwise
+        rebatched, _ = curriculum.scores()
         if rank == 0:
             out.write_text(json.dumps([scores, rebatched]))
 

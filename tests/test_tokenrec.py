@@ -14,12 +14,7 @@ from genrec import artifacts, stages
 from genrec.config import load_config
 from genrec.data_pipeline.prepared import load_prepared
 from genrec.errors import ConfigError, DataError
-from genrec.trainer.config import RetrievalLoss, UserTokens
-from genrec.trainer.evaluate import eval_batches
-from genrec.trainer.item_codes import ItemCodes
-from genrec.trainer.model import GenerativeRecommender, ModelConfig
-from genrec.trainer.objective import Batch
-from genrec.trainer.preference import (
+from genrec.methods.tokenrec.preference import (
     Catalogue,
     HistoryCoder,
     RetrievalLossFn,
@@ -28,6 +23,11 @@ from genrec.trainer.preference import (
     check_head,
     load_catalogue,
 )
+from genrec.trainer.config import RetrievalLoss, UserTokens
+from genrec.trainer.evaluate import eval_batches
+from genrec.trainer.item_codes import ItemCodes
+from genrec.trainer.model import GenerativeRecommender, ModelConfig
+from genrec.trainer.objective import Batch
 from genrec.trainer.retrieval import (
     ApproximateIndex,
     Search,

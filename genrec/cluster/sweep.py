@@ -114,22 +114,25 @@ def _last(validations: list[dict], key: str) -> float:
 
 
 def account(summary: dict[str, Any], wall_seconds: float) -> dict[str, Any]:
-    """A trial's row from its train.json: sizes, data and compute, speed, validation."""
+    """A trial's row from its train.json: sizes, speed, and the data and compute spent up to
+    the validation with the lowest loss (the loss the fits read), not to the run's end."""
     config = ModelConfig(**summary["model"])
     total = count_parameters(config)
     non_embedding = total - embedding_parameters(config)
     validations = summary["validations"]
+    best = min(validations, key=lambda v: v["loss"], default=None)
+    seen = best if best is not None else summary
     return {
         "parameters": total,
         "non_embedding_parameters": non_embedding,
-        "examples": summary["samples"],
-        "tokens": summary["tokens"],
-        "flops": summary["flops"],
-        "flops_6nd": 6 * non_embedding * summary["tokens"],
+        "examples": seen["samples"],
+        "tokens": seen["tokens"],
+        "flops": seen["flops"],
+        "flops_6nd": 6 * non_embedding * seen["tokens"],
         "wall_seconds": round(wall_seconds, 1),
         "samples_per_s": summary["train_samples_per_s"],
         "final_valid_loss": _last(validations, "loss"),
-        "best_valid_loss": min((v["loss"] for v in validations), default=math.nan),
+        "best_valid_loss": math.nan if best is None else best["loss"],
         "final_ndcg@10": _last(validations, "ndcg@10"),
         "best_ndcg@10": summary["valid"]["ndcg@10"],
         "final_recall@10": _last(validations, "recall@10"),

@@ -142,9 +142,8 @@ class Worker:
             "parameters": loop.model.num_parameters(),
             "model": vars(loop.model.config),
             "code_groups": loop.codes.num_groups,
-            "curriculum": None if loop.curriculum is None else loop.curriculum.state_dict(),
-            "recoded": None if loop.joint is None else loop.joint.changes,
-            "phase_epochs": None if loop.joint is None else loop.joint.epochs,
+            "groups_drawn": p.groups,
+            **loop.summary(),
             "position": self.position.state_dict(),
             "validations": p.history,
             "train_loss": p.losses,
@@ -156,7 +155,7 @@ class Worker:
         shard = ray.train.get_dataset_shard("train")
         sequences = shard.iter_batches(batch_size=SEQUENCES_PER_READ, batch_format="numpy")
         rng = np.random.default_rng([self.cfg.seed, self.attempt, self.rank])
-        trainer, curriculum = self.cfg.trainer, self.loop.curriculum
+        trainer = self.cfg.trainer
         return stream_batches(
             sequences,
             self.tracker,
@@ -164,7 +163,7 @@ class Worker:
             batch_plan(trainer, self.loop.world_size)[0],
             trainer.shuffle_buffer,
             rng,
-            None if curriculum is None else curriculum.weights,
+            self.loop.group_weights,
             self.cfg.seed,
             stride=window_stride(self.cfg),
             data_fraction=trainer.data_fraction,
@@ -189,14 +188,14 @@ def run_name(cfg: DictConfig, key: str) -> str:
 def check_data(cfg: DictConfig, data_dir: Path, tables: list[Path]) -> None:
     """What the config can only be checked against once the data exists, before Ray starts:
     the semantic-ID tables cover the dataset's items, the method's loss and ranker build from
-    them (TokenRec's user tokens and item vectors), a jointly trained tokenizer (ETEGRec)
-    loads with its item vectors, and the workers' validation share."""
+    them (TokenRec's user tokens and item vectors), the method's plugins build (ETEGRec's
+    tokenizer loads with its item vectors), and the workers' validation share."""
     manifest = load_manifest(data_dir)
     codes = ItemCodes.load(tables, manifest["num_items"], cfg.tokenizer.codebook_size)
     method = method_spec(cfg.method)
     method.objective(cfg, codes, tables)
     method.ranker(cfg, codes, tables)
-    method.joint(cfg, tables, manifest["num_items"], torch.device("cpu"))
+    method.plugins(cfg, tables, manifest["num_items"], torch.device("cpu"))
     users = manifest["num_valid_examples"]
     if cfg.evaluate.valid_users:
         users = min(users, cfg.evaluate.valid_users)

@@ -263,7 +263,7 @@ def stream_batches(
     batch_size: int,
     shuffle_buffer: int,
     rng: np.random.Generator,
-    group_weights: Callable[[], np.ndarray] | None = None,
+    group_weights: Callable[[], np.ndarray | None] | None = None,
     seed: int = 0,
     pool_batches: int = 32,
     stride: int | None = None,
@@ -302,10 +302,11 @@ def stream_batches(
 
     stream = shuffled(examples(), shuffle_buffer, rng) if shuffle_buffer > 1 else examples()
     for batch in length_grouped(stream, batch_size, pool_batches, rng):
+        weights = None if group_weights is None else group_weights()
         groups = (
             np.zeros(len(batch), dtype=np.int64)
-            if group_weights is None
-            else draw_groups(np.array([ex["draw"] for ex in batch]), group_weights())
+            if weights is None
+            else draw_groups(np.array([ex["draw"] for ex in batch]), weights)
         )
         yield {
             **collate(batch),

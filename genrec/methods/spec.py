@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from genrec.trainer.end_to_end import EndToEnd
+from genrec.trainer.hooks import Plugin
 from genrec.trainer.item_codes import ItemCodes
 from genrec.trainer.model import GenerativeRecommender, ModelConfig
 from genrec.trainer.objective import CodeGeneration, Objective
@@ -30,8 +30,10 @@ def no_model_fields(cfg: DictConfig) -> dict[str, int | str]:
     return {}
 
 
-def fixed_ids(cfg: DictConfig, tables: list[Path], items: int, device: torch.device) -> None:
-    return None
+def no_plugins(
+    cfg: DictConfig, tables: list[Path], items: int, device: torch.device
+) -> list[Plugin]:
+    return []
 
 
 def no_check(cfg: Any) -> None:
@@ -51,13 +53,11 @@ class MethodSpec:
     ranker: Callable[[DictConfig, ItemCodes, list[Path]], Ranker] = beam_search
     # Model config fields the method derives from the rest of the config (TokenRec's).
     model_fields: Callable[[DictConfig], dict[str, int | str]] = no_model_fields
-    joint: Callable[[DictConfig, list[Path], int, torch.device], EndToEnd | None] = fixed_ids
+    # The method's own parts of a training run (genrec/trainer/hooks.py).
+    plugins: Callable[[DictConfig, list[Path], int, torch.device], list[Plugin]] = no_plugins
+    # Whether training changes the items' IDs (they are then written beside the model).
+    learns_ids: bool = False
     # Config values the fine-tuning stage sets on top of the run's (after pre-training).
     finetune_overrides: dict[str, Any] = field(default_factory=dict)
     # Checks of the whole config (GenrecConfig) this method needs, when the config is loaded.
     check: Callable[[Any], None] = no_check
-
-    @property
-    def learns_ids(self) -> bool:
-        """Whether training changes the items' IDs (they are then written beside the model)."""
-        return self.joint is not fixed_ids

@@ -47,6 +47,23 @@ from genrec.tokenizers.report import code_report, usage_collapse_levels
 log = logging.getLogger(__name__)
 
 
+def tokenizer_input(tokenizer_dir: Path) -> Path:
+    """The item vectors a `genrec tokenize` run read: its report names them, relative to the
+    run folder (or absolute)."""
+    report = tokenizer_dir / TOKENIZER_REPORT
+    try:
+        path = tokenizer_dir.parent / json.loads(report.read_text())["inputs"]["items"]
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(str(report), f"cannot tell which item vectors it read: {err}") from err
+    if not path.exists():
+        raise DataError(
+            str(report),
+            f"names item vectors {path} that are not there; move them back, or delete "
+            f"{tokenizer_dir} to tokenize again",
+        )
+    return path
+
+
 def load_vectors(path: Path, expected_rows: int | None = None) -> np.ndarray:
     """Item (or user) vectors as float32 [N, D], checked for shape and finite values."""
     try:

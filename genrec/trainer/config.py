@@ -52,19 +52,21 @@ class CurriculumConfig:
     stage_epochs: list[float] = option(
         [], "epochs of each stage (the first a warm-up); [] keeps the groups uniform"
     )
-    tau: float = option(1.0, "softmax temperature of the group weights")
-    normalize: bool = option(
-        True, "min-max scale the scores to [0, 1] first, so tau means the same at any scale"
+    tau: float = option(1.0, "softmax temperature of the group weights over the raw scores")
+    noise_z: float = option(
+        2.0, "standard errors each group's score difference shrinks by (0: the paper's rule)"
     )
     train_examples: int = option(128, "training examples each group's gradient is taken on")
     valid_examples: int = option(256, "validation examples (mixed over the groups)")
+    chunks: int = option(8, "chunks of each sample whose gradients the noise bootstrap resamples")
+    bootstrap: int = option(200, "bootstrap resamples of the chunks for each score's noise")
     projection_dim: int = option(0, "random projection of the gradients (0: exact dot products)")
     batch_items: int = option(1024, "padded history items per batch of the estimate")
 
     def check(self) -> None:
         positive(self, "tau")
-        at_least(self, 1, "train_examples", "valid_examples", "batch_items")
-        at_least(self, 0, "projection_dim")
+        at_least(self, 1, "train_examples", "valid_examples", "batch_items", "chunks")
+        at_least(self, 0, "projection_dim", "noise_z", "bootstrap")
         if any(epochs <= 0 for epochs in self.stage_epochs):
             raise Invalid("stage_epochs", f"must all be positive, got {self.stage_epochs}")
 

@@ -1,8 +1,8 @@
 """How a model's recommendations are produced for evaluation: the method's output side.
 
 Generative methods decode valid IDs by constrained beam search; TokenRec scores item vectors
-instead (genrec/trainer/preference.py). Evaluation only asks for each user's top-k items, best
-first.
+instead (genrec/methods/tokenrec/preference.py). Evaluation only asks for each user's top-k
+items, best first.
 """
 
 from dataclasses import dataclass

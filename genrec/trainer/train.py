@@ -33,11 +33,9 @@ from genrec.data_pipeline.subsample import train_examples
 from genrec.errors import ConfigError, DataError
 from genrec.provenance import code_version, file_digest, fingerprint, to_plain
 from genrec.trainer.checkpoint import load_model, model_payload
-from genrec.trainer.curriculum import Curriculum
-from genrec.trainer.end_to_end import TOKENIZER_TAG
 from genrec.trainer.engine import build_engine, full_state_dict, resolve_device
 from genrec.trainer.evaluate import split_loss, split_metrics, table_digests
-from genrec.trainer.hooks import MethodHooks
+from genrec.trainer.hooks import MethodHooks, Plugin, Update
 from genrec.trainer.item_codes import ItemCodes
 from genrec.trainer.model import GenerativeRecommender, ModelConfig, batch_flops
 from genrec.trainer.objective import MODEL_TERMS, Batch, targets_in
@@ -128,12 +126,13 @@ class Progress:
 
     step: int = 0
     samples: int = 0
-    tokens: int = 0  # history and target codes trained on
+    tokens: int = 0  # trained targets' codes (each item of the data once a pass)
     flops: int = 0  # training FLOPs by the model's own count (model.flops_per_example)
     train_seconds: float = 0.0
     best_step: int = 0
     best: dict[str, float] = field(default_factory=lambda: {SELECT_METRIC: -1.0})
     stale: int = 0
+    groups: list[int] = field(default_factory=list)  # examples drawn in each code group
     history: list[dict[str, Any]] = field(default_factory=list)
     losses: list[list[float]] = field(default_factory=list)
 
@@ -227,9 +226,9 @@ class Loop:
         self.codes = codes.to(self.device)
         torch.manual_seed(cfg.seed)
         config = model_config(cfg, self.codes, method.model_fields(cfg))
-        joint = method.joint(cfg, tables, manifest["num_items"], self.device)
-        if joint is not None:
-            config = joint.model_config(config, codes.codebook_size)
+        self.plugins: list[Plugin] = method.plugins(cfg, tables, manifest["num_items"], self.device)
+        for plugin in self.plugins:
+            config = plugin.model_config(config, codes.codebook_size)
         start = None
         if self.trainer.init_from:
             start = initial_model(Path(self.trainer.init_from), config, method)
@@ -241,9 +240,12 @@ class Loop:
         self.tables = tables
         self.objective = method.objective(cfg, self.codes, tables)
         self.ranker = method.ranker(cfg, self.codes, tables)
+        self.data_dir = data_dir
         self.examples_per_epoch = train_examples(data_dir, self.trainer.data_fraction, cfg.seed)
         self.total_steps = self.steps_of(self.trainer.epochs)
-        model_epochs = self.trainer.epochs if joint is None else joint.model_epochs()
+        model_epochs = self.trainer.epochs
+        for plugin in self.plugins:
+            model_epochs = plugin.model_epochs(model_epochs)
         self.engine = build_engine(
             self.model, self.trainer, self.steps_of(model_epochs), self.device
         )
@@ -252,20 +254,33 @@ class Loop:
         valid = load_eval_set(data_dir, "valid").subsample(cfg.evaluate.valid_users, cfg.seed)
         self.valid = valid.take(np.arange(self.rank, valid.users.size, self.world_size))
         self.peak = peak_flops(self.device)
-        self.progress = Progress()
+        self.progress = Progress(groups=[0] * self.codes.num_groups)
         self.steps_seen = 0
-        self.joint = joint
-        ids = dict if joint is None else joint.best_payload
-        best = BestModel(method.build_model(config), self.progress, self.provenance, ids)
+        best = BestModel(method.build_model(config), self.progress, self.provenance, self.ids)
         self.best_model = best.model
         self.states: dict[str, Stateful] = {"progress": self.progress, "model": best}
-        self.curriculum = Curriculum(self, data_dir) if self.codes.num_groups > 1 else None
-        if self.curriculum is not None:
-            self.states["curriculum"] = self.curriculum
-        if joint is not None:
-            joint.start(self)
-            self.engines[TOKENIZER_TAG] = joint.engine
-            self.states["etegrec"] = joint
+        for plugin in self.plugins:
+            plugin.attach(self)
+            self.engines |= plugin.engines()
+            self.states[plugin.name] = plugin
+
+    def ids(self) -> dict[str, Any]:
+        """What the plugins add to the selected model's file."""
+        return {k: v for plugin in self.plugins for k, v in plugin.best_payload().items()}
+
+    def group_weights(self) -> np.ndarray | None:
+        """The weights the stream draws code groups with now: a plugin's (MTGRec's
+        curriculum), else uniform over the groups; None with one group."""
+        weights = (plugin.group_weights() for plugin in self.plugins)
+        chosen = next((w for w in weights if w is not None), None)
+        groups = self.codes.num_groups
+        if chosen is None and groups > 1:
+            chosen = np.full(groups, 1 / groups)
+        return chosen
+
+    def summary(self) -> dict[str, Any]:
+        """What the plugins add to train.json."""
+        return {k: v for plugin in self.plugins for k, v in plugin.summary().items()}
 
     def steps_of(self, epochs: int) -> int:
         return max(1, math.ceil(self.examples_per_epoch * epochs / self.trainer.batch_size))
@@ -285,10 +300,9 @@ class Loop:
         world size, so the gradient averaged over ranks is the mean over all their examples
         however unevenly they fell."""
         batch = Batch.coded(rows, self.codes, self.device)
-        if self.joint is None:
+        updates = self.plugin_updates(batch)
+        if updates is None:
             updates = [(self.engine, *self.objective(self.engine, batch))]
-        else:
-            updates = self.joint.updates(batch)
         total, named = 0.0, {}
         for engine, loss, terms in updates:
             engine.backward(loss * weight)
@@ -296,19 +310,36 @@ class Loop:
             total, named = total + loss.detach(), named | terms
         return {"loss": total, **named}
 
+    def plugin_updates(self, batch: Batch) -> list[Update] | None:
+        """The first plugin's own updates of the micro-step (None: the loop's objective)."""
+        for plugin in self.plugins:
+            updates = plugin.updates(batch)
+            if updates is not None:
+                return updates
+        return None
+
     def work_everywhere(self, rows: dict | None) -> tuple[int, int, int]:
         """The examples, tokens and FLOPs of this micro-step over all ranks; no examples once
         every rank has run dry. Ranks get different numbers of examples: one that runs dry
-        first steps on with weight 0 until the others have trained every example they got."""
-        work = [0, 0, 0]
+        first steps on with weight 0 until the others have trained every example they got.
+        Tokens are the trained targets' codes, each item of the data once a pass whatever the
+        encoder reads around it (so data sizes compare across encoders); the examples drawn
+        in each code group are added to the progress."""
+        groups = self.codes.num_groups
+        work = [0] * (3 + groups)
         if rows is not None:
             config, targets = self.model.config, targets_in(rows)
-            items = int((rows["history"] >= 0).sum())
-            tokens = (items + targets) * config.codes_per_item
-            work = [targets, tokens, batch_flops(config, rows["history"], rows["target"])]
+            tokens = targets * config.codes_per_item
+            work[:3] = [targets, tokens, batch_flops(config, rows["history"], rows["target"])]
+            per_row = (rows["target"] >= 0).reshape(len(rows["target"]), -1).sum(1)
+            work[3:] = np.bincount(
+                rows["group"].numpy(), weights=per_row.numpy(), minlength=groups
+            ).tolist()
         total = torch.tensor(work, dtype=torch.float64, device=self.device)
         dist.all_reduce(total)
-        examples, tokens, flops = (int(value) for value in total.tolist())
+        examples, tokens, flops, *drawn = (int(value) for value in total.tolist())
+        p = self.progress
+        p.groups = [a + b for a, b in zip(p.groups, drawn, strict=True)]
         return examples, tokens, flops
 
     def mean_over_ranks(self, metrics: dict[str, float], count: int) -> dict[str, float]:
@@ -338,12 +369,13 @@ class Loop:
         if writer is not None:
             for key, value in metrics.items():
                 writer.add_scalar(f"valid/{key}", value, p.step)
-        p.history.append({"step": p.step, "epoch": self.epoch(), **metrics})
+        seen = {"samples": p.samples, "tokens": p.tokens, "flops": p.flops}
+        p.history.append({"step": p.step, "epoch": self.epoch(), **seen, **metrics})
         if metrics[SELECT_METRIC] > p.best[SELECT_METRIC]:
             p.best, p.best_step, p.stale = metrics, p.step, 0
             self.best_model.load_state_dict(self.eval_model.state_dict())
-            if self.joint is not None:
-                self.joint.keep_best()
+            for plugin in self.plugins:
+                plugin.new_best()
         else:
             p.stale += 1
         if self.rank == 0:
@@ -446,16 +478,13 @@ class Loop:
                 continue
             p.step, self.steps_seen = p.step + 1, self.engine_steps()
             bar.update(1)
-            if self.curriculum is not None and self.curriculum.due(p.samples):
-                self.curriculum.update(self, writer)
-            if self.joint is not None:
-                self.joint.after_step()
-                stop = self.joint.stable
+            for plugin in self.plugins:
+                stop = plugin.step_end(writer) or stop
             if p.step % self.trainer.log_every == 0:
                 loss = self.log_terms(writer, meter)["loss"]
             metrics = {"step": p.step, "train_loss": loss, "epoch": self.epoch()}
             due = p.step % self.trainer.eval_every == 0
-            if due and (self.joint is None or self.joint.trained_recommender()):
+            if due and all(plugin.may_validate() for plugin in self.plugins):
                 metrics |= self.validate(writer)
                 stop = stop or p.stale >= self.trainer.patience
             if p.step % every == 0 if every else due:

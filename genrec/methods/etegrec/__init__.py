@@ -1,6 +1,6 @@
 """ETEGRec (Liu et al., SIGIR'25): the RQ-VAE, pre-trained on SASRec's item embeddings with
 `genrec tokenize`, keeps training beside the recommender in alternating epochs, coupled by
-sequence-item and preference-semantic alignment (genrec/trainer/end_to_end.py); once the
+sequence-item and preference-semantic alignment (genrec/methods/etegrec/end_to_end.py); once the
 alternation ends, the tokenizer is frozen and the recommender fine-tuned on its final IDs.
 
 The tokenizer is the paper's (encoder 512-256 to a 128-d latent, 3 x 256 codes); the budget of
@@ -10,10 +10,10 @@ after a 2-epoch warm-up without alignment) and 4 of fine-tuning at the paper's 5
 
 from typing import Any
 
+from genrec.methods.etegrec.end_to_end import end_to_end
 from genrec.methods.spec import MethodSpec
 from genrec.schema import Invalid
 from genrec.tokenizers.config import TokenizerName
-from genrec.trainer.end_to_end import end_to_end
 
 
 def check(cfg: Any) -> None:
@@ -48,7 +48,8 @@ ETEGREC = MethodSpec(
         "finetune": {"epochs": 4, "lr": 5e-4},
     },
     stages=("data", "tokenize", "train", "finetune", "evaluate"),
-    joint=end_to_end,
+    plugins=end_to_end,
+    learns_ids=True,
     finetune_overrides={"trainer": {"etegrec": {"joint": False}}},
     check=check,
 )

@@ -19,7 +19,6 @@ micro-batches of all ranks, so the loss is the same for any worker count.
 
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import time
@@ -34,13 +33,19 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from genrec.artifacts import TOKENIZER_CHECKPOINT, TOKENIZER_REPORT
+from genrec.artifacts import TOKENIZER_CHECKPOINT
 from genrec.errors import DataError, TrainingFailed
 from genrec.tokenizers.checkpoints import load_tokenizer
 from genrec.tokenizers.rqvae import RQVAE
-from genrec.tokenizers.tokenize import id_table_bytes, load_vectors, resolve_ids
+from genrec.tokenizers.tokenize import (
+    id_table_bytes,
+    load_vectors,
+    resolve_ids,
+    tokenizer_input,
+)
 from genrec.trainer.config import Negatives, SiaGradient
 from genrec.trainer.engine import build_engine
+from genrec.trainer.hooks import Plugin
 from genrec.trainer.item_codes import ItemCodes
 from genrec.trainer.model import ModelConfig, code_cross_entropy
 from genrec.trainer.objective import Batch
@@ -131,31 +136,16 @@ def gather_rows(x: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
-def tokenizer_input(tokenizer_dir: Path) -> Path:
-    """The item vectors a `genrec tokenize` run read: its report names them, relative to the
-    run folder (or absolute)."""
-    report = tokenizer_dir / TOKENIZER_REPORT
-    try:
-        path = tokenizer_dir.parent / json.loads(report.read_text())["inputs"]["items"]
-    except (OSError, ValueError, KeyError) as err:
-        raise DataError(str(report), f"cannot tell which item vectors it read: {err}") from err
-    if not path.exists():
-        raise DataError(
-            str(report),
-            f"names item vectors {path} that are not there; move them back, or delete "
-            f"{tokenizer_dir} to tokenize again",
-        )
-    return path
-
-
 def ids_digest(ids: np.ndarray) -> str:
     """The digest `genrec evaluate` checks: that of the table file these IDs are written as."""
     return hashlib.sha256(id_table_bytes(ids, "item")).hexdigest()
 
 
-class EndToEnd:
+class EndToEnd(Plugin):
     """The tokenizer trained beside the loop's model, the phase, the current and best IDs; the
     named state "etegrec" of every checkpoint (the tokenizer's engine has its own tag)."""
+
+    name = "etegrec"
 
     def __init__(self, cfg: DictConfig, items_dir: Path, num_items: int, device: torch.device):
         self.cfg, self.options = cfg, cfg.trainer.etegrec
@@ -188,7 +178,7 @@ class EndToEnd:
             embedding_adapter_dim=self.vectors.shape[1],
         )
 
-    def model_epochs(self) -> int:
+    def model_epochs(self, epochs: int) -> int:
         """Epochs the recommender's optimizer steps in (its schedule spans only those)."""
         return self.epochs_of(Phase.recommender, Phase.joint)
 
@@ -198,7 +188,7 @@ class EndToEnd:
     def phase_of(self, epoch: int) -> Phase:
         return phase_of(epoch, self.options.cycle, self.options.alternate)
 
-    def start(self, loop: "Loop") -> None:
+    def attach(self, loop: "Loop") -> None:
         """The tokenizer's engine (AdamW at `tokenizer_lr`, cosine over its own steps)."""
         self.loop = loop
         self.ids = loop.codes.group(0).cpu().numpy()
@@ -226,7 +216,7 @@ class EndToEnd:
 
     def updates(self, batch: Batch) -> list[tuple[Any, Tensor, dict[str, Tensor]]]:
         """(engine, loss, terms) of each part this phase trains on the micro-batch; the phase
-        holds for whole optimizer steps (it changes in `after_step` only)."""
+        holds for whole optimizer steps (it changes in `step_end` only)."""
         if self.phase is None:
             self.phase, self.phase_epoch = self.upcoming() or Phase.recommender, self.epoch()
         updates = []
@@ -299,13 +289,16 @@ class EndToEnd:
         sia = symmetric_kl(seq_logits, target_logits)
         return sia, info_nce(dec.float(), x_hat, o.psa_temperature)
 
-    def after_step(self) -> None:
+    def engines(self) -> dict[str, Any]:
+        return {TOKENIZER_TAG: self.engine}
+
+    def step_end(self, writer: Any) -> bool:
         """At an optimizer step's end: re-code the items when an epoch that trained the
-        tokenizer just ended."""
+        tokenizer just ended; stop once re-coding changes no ID (`stop_when_stable`)."""
         finished_epoch = self.phase_epoch
         self.finished, self.phase, self.phase_epoch = self.phase, self.upcoming(), self.epoch()
         if self.phase_epoch == finished_epoch:
-            return
+            return self.stable
         seconds = self.loop.progress.train_seconds
         self.epochs.append(
             {
@@ -317,8 +310,9 @@ class EndToEnd:
         self.epoch_started = seconds
         if self.finished is not Phase.recommender:
             self.recode()
+        return self.stable
 
-    def trained_recommender(self) -> bool:
+    def may_validate(self) -> bool:
         """Whether the last step trained the recommender (validating is moot otherwise)."""
         return self.finished is not Phase.tokenizer
 
@@ -372,7 +366,7 @@ class EndToEnd:
         loop.codes = ItemCodes(ids, loop.codes.codebook_size).to(loop.device)
         loop.ranker = loop.method.ranker(self.cfg, loop.codes, loop.tables)
 
-    def keep_best(self) -> None:
+    def new_best(self) -> None:
         self.best_ids = self.ids
 
     def best_payload(self) -> dict[str, Any]:
@@ -381,6 +375,9 @@ class EndToEnd:
             "item_ids": torch.from_numpy(self.best_ids),
             "semantic_ids": [ids_digest(self.best_ids)],
         }
+
+    def summary(self) -> dict[str, Any]:
+        return {"recoded": self.changes, "phase_epochs": self.epochs}
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -402,9 +399,9 @@ class EndToEnd:
 
 def end_to_end(
     cfg: DictConfig, tables: list[Path], num_items: int, device: torch.device
-) -> EndToEnd | None:
+) -> list[Plugin]:
     """ETEGRec's joint tokenizer, from the folder of the table the run starts from (the
-    tokenizer that wrote it); None when the IDs stay fixed (fine-tuning)."""
+    tokenizer that wrote it); none when the IDs stay fixed (fine-tuning)."""
     if not cfg.trainer.etegrec.joint:
-        return None
-    return EndToEnd(cfg, Path(tables[0]).parent, num_items, device)
+        return []
+    return [EndToEnd(cfg, Path(tables[0]).parent, num_items, device)]

@@ -2,7 +2,7 @@
 vector-quantized tokenizer over LightGCN's embeddings; the encoder reads the user's tokens and
 the history's, and its mean state (or the decoder's first state), projected into the LightGCN
 item space, is the query of a nearest-neighbour search over every item
-(genrec/trainer/preference.py): one pass per user, no beam search.
+(genrec/methods/tokenrec/preference.py): one pass per user, no beam search.
 
 Unlike the official code (an LLM prompted with the tokens, a cosine loss with one random
 negative, checkpoints chosen on the test data), genrec keeps its protocol: leave-one-out,
@@ -14,10 +14,10 @@ from typing import Any
 from omegaconf import DictConfig
 
 from genrec.methods.spec import MethodSpec
+from genrec.methods.tokenrec.preference import retrieval, retrieval_loss
 from genrec.schema import Invalid
 from genrec.tokenizers.config import TokenizerName
 from genrec.trainer.config import UserTokens
-from genrec.trainer.preference import retrieval, retrieval_loss
 
 
 def model_fields(cfg: DictConfig) -> dict[str, int | str]:

@@ -7,8 +7,11 @@ the run ends. An estimate reads a subsample of training examples in every group 
 validation examples mixed over the groups, each rank its share, drawn afresh for each stage
 (seeded by it), so its cost is G x train_examples + valid_examples forward-backward passes
 however long the epoch, in batches cut by history length (a random batch of prefix examples is
-mostly padding). The curriculum is a named state of every checkpoint: weights, stage, scores
-and learning rates.
+mostly padding). Both samples are taken in `chunks` chunks whose gradients are kept apart: the
+score is the mean over every pair of a training and a validation chunk, and resampling the
+chunks (a bootstrap) gives its noise, recorded beside it; differences inside the noise leave
+the weights near uniform (`noise_z`). The curriculum is a named state of every checkpoint:
+weights, stage, scores, noise and learning rates.
 Which group an example is read in is a pure function of the seed, the example and the weights
 (genrec/data_pipeline/ray_ingest.py), so a resumed run draws exactly as the lost one would.
 """
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
 from genrec.data_pipeline.prepare import load_manifest
@@ -33,7 +37,15 @@ from genrec.data_pipeline.streaming import (
     length_batches,
     prefix_examples,
 )
-from genrec.trainer.influence import Projection, adam_direction, group_weights, mean_gradient
+from genrec.methods.mtgrec.influence import (
+    Projection,
+    adam_direction,
+    bootstrap_noise,
+    chunk_scores,
+    group_weights,
+    mean_gradient,
+)
+from genrec.trainer.hooks import Plugin
 from genrec.trainer.objective import Batch
 
 if TYPE_CHECKING:
@@ -98,29 +110,39 @@ class CurriculumState:
     weights: list[float]
     stage: int = 0
     scores: list[list[float]] = field(default_factory=list)
+    noise: list[list[float]] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)
     stages: list[dict[str, Any]] = field(default_factory=list)
 
 
-class Curriculum:
+class Curriculum(Plugin):
     """The group weights the stream draws with, and the influence estimate that updates them."""
 
-    def __init__(self, loop: "Loop", data_dir: Path):
-        cfg, groups = loop.cfg, loop.codes.num_groups
-        self.settings, self.seed = cfg.trainer.curriculum, cfg.seed
+    name = "curriculum"
+
+    def __init__(self, cfg: DictConfig, groups: int):
+        self.cfg, self.settings, self.seed = cfg, cfg.trainer.curriculum, cfg.seed
         self.state = CurriculumState(weights=[1 / groups] * groups)
-        ends = itertools.accumulate(self.settings.stage_epochs)
-        self.boundaries = [round(end * loop.examples_per_epoch) for end in ends]
-        count = self.settings.train_examples
-        self.train = influence_samples(
-            data_dir, cfg.data.max_history, count, cfg.seed, len(self.boundaries) or 1
-        )
-        self.valid_split = load_eval_set(data_dir, "valid")
         self.projection = Projection(self.settings.projection_dim, cfg.seed)
 
-    def samples(self, loop: "Loop", stage: int) -> tuple[list[dict], list[dict]]:
+    def attach(self, loop: "Loop") -> None:
+        """Stage ends in examples, and each stage's training sample (one pass over the shards)."""
+        self.loop = loop
+        ends = itertools.accumulate(self.settings.stage_epochs)
+        self.boundaries = [round(end * loop.examples_per_epoch) for end in ends]
+        self.train = influence_samples(
+            loop.data_dir,
+            self.cfg.data.max_history,
+            self.settings.train_examples,
+            self.seed,
+            len(self.boundaries) or 1,
+        )
+        self.valid_split = load_eval_set(loop.data_dir, "valid")
+
+    def samples(self, stage: int) -> tuple[list[dict], list[dict]]:
         """This rank's share of a stage's training and validation examples, drawn afresh for
         each stage: the scores accumulated over stages then average over that many samples."""
+        loop = self.loop
         train = self.train[stage]
         valid = self.valid_split.subsample(self.settings.valid_examples, [self.seed, stage])
         mine = np.arange(loop.rank, valid.users.size, loop.world_size)
@@ -130,7 +152,7 @@ class Curriculum:
             ex["group"] = int(row % groups)  # mixed over the groups, whatever the world size
         return train[loop.rank :: loop.world_size], examples
 
-    def weights(self) -> np.ndarray:
+    def group_weights(self) -> np.ndarray:
         return np.asarray(self.state.weights)
 
     def due(self, samples: int) -> bool:
@@ -138,60 +160,97 @@ class Curriculum:
         stage = self.state.stage
         return stage < len(self.boundaries) and samples >= self.boundaries[stage]
 
-    def batches(self, loop: "Loop", examples: list[dict], group: int | None) -> Iterator[Batch]:
+    def batches(self, examples: list[dict], group: int | None) -> Iterator[Batch]:
         """The examples in length-sorted batches, read in `group` (None: each its own)."""
+        loop = self.loop
         for chunk in length_batches(examples, self.settings.batch_items):
             rows = collate(chunk)
             groups = [ex["group"] if group is None else group for ex in chunk]
             rows["group"] = torch.tensor(groups, dtype=torch.long)
             yield Batch.coded(rows, loop.codes, loop.device)
 
-    def scores(self, loop: "Loop") -> list[float]:
-        """Each group's influence now: Adam direction of its training gradient . validation
-        gradient (a collective)."""
-        model, objective, device = loop.eval_model, loop.objective, loop.device
-        train, valid = self.samples(loop, self.state.stage)
-        target = self.projection(
-            mean_gradient(model, objective, self.batches(loop, valid, None), device)
-        )
+    def chunk_gradients(
+        self, examples: list[dict], group: int | None, total: int
+    ) -> list[torch.Tensor]:
+        """The mean gradient of each of `trainer.curriculum.chunks` chunks of the examples
+        (each rank chunks its own share; chunk c is every rank's c-th, a collective). There
+        are at most as many chunks as the smallest share has examples (`total`: all ranks'),
+        so no chunk is empty everywhere."""
+        loop = self.loop
+        count = min(self.settings.chunks, max(1, total // loop.world_size))
+        chunks = np.array_split(np.arange(len(examples)), count)
+        return [
+            mean_gradient(
+                loop.eval_model,
+                loop.objective,
+                self.batches([examples[i] for i in chunk], group),
+                loop.device,
+            )
+            for chunk in chunks
+        ]
+
+    def scores(self) -> tuple[list[float], list[float]]:
+        """Each group's influence now, Adam direction of its training gradient . validation
+        gradient, and the bootstrap noise of its difference from the groups' mean (a
+        collective): every training chunk's direction against every validation chunk."""
+        loop = self.loop
+        train, valid = self.samples(self.state.stage)
+        stage = self.state.stage
+        valid_total = min(self.settings.valid_examples, self.valid_split.users.size)
+        targets = [self.projection(g) for g in self.chunk_gradients(valid, None, valid_total)]
         avg, avg_sq = moments(loop.engine)
         betas = loop.engine.optimizer.param_groups[0]["betas"]
         eps = loop.engine.optimizer.param_groups[0]["eps"]
-        out = []
+        per_chunk = []
         for g in range(loop.codes.num_groups):
-            grad = mean_gradient(model, objective, self.batches(loop, train, g), device)
-            direction = adam_direction(grad, avg, avg_sq, betas, eps)
-            out.append(float(self.projection(direction) @ target))
-        return out
+            directions = [
+                self.projection(adam_direction(grad, avg, avg_sq, betas, eps))
+                for grad in self.chunk_gradients(train, g, len(self.train[stage]))
+            ]
+            per_chunk.append(chunk_scores(directions, targets))
+        per_chunk = np.stack(per_chunk)
+        noise = bootstrap_noise(per_chunk, self.settings.bootstrap, self.seed * 1_000 + stage)
+        return per_chunk.mean((1, 2)).tolist(), noise.tolist()
 
-    def update(self, loop: "Loop", writer: SummaryWriter | None) -> None:
+    def step_end(self, writer: SummaryWriter | None) -> bool:
+        if self.due(self.loop.progress.samples):
+            self.update(writer)
+        return False
+
+    def update(self, writer: SummaryWriter | None) -> None:
         """Ends a stage: scores the groups and re-weights them (every rank, together)."""
         from genrec.trainer.engine import full_state_dict
 
+        loop = self.loop
         started = time.perf_counter()
         loop.eval_model.load_state_dict(full_state_dict(loop.engine))
         loop.eval_model.eval()  # no dropout: the estimate is the same on any worker count
-        scores = self.scores(loop)
+        scores, noise = self.scores()
         s = self.state
         s.scores.append(scores)
+        s.noise.append(noise)
         s.lrs.append(float(loop.engine.get_lr()[0]))
-        tau, normalize = self.settings.tau, self.settings.normalize
-        s.weights = group_weights(s.scores, s.lrs, tau, normalize).tolist()
+        tau, z = self.settings.tau, self.settings.noise_z
+        s.weights = group_weights(s.scores, s.lrs, tau, s.noise, z).tolist()
         s.stage += 1
         seconds = time.perf_counter() - started
         p = loop.progress
+        last = s.stages[-1] if s.stages else {"samples": 0, "train_seconds": 0.0, "drawn": []}
+        drawn_before = np.sum([stage["drawn"] for stage in s.stages], axis=0)
         record = {
             "stage": s.stage,
             "step": p.step,
             "epoch": loop.epoch(),
             "lr": s.lrs[-1],
             "scores": scores,
+            "noise": noise,
             "weights": s.weights,
+            # Examples the workers drew in each group during the stage that just ended.
+            "drawn": (np.asarray(p.groups) - drawn_before).astype(int).tolist(),
             "seconds": round(seconds, 3),
             "samples": p.samples,
             "train_seconds": round(p.train_seconds, 3),
         }
-        last = s.stages[-1] if s.stages else {"samples": 0, "train_seconds": 0.0}
         trained = (p.train_seconds - last["train_seconds"]) / max(p.samples - last["samples"], 1)
         record["share_of_epoch"] = round(seconds / (trained * loop.examples_per_epoch), 4)
         s.stages.append(record)
@@ -199,6 +258,7 @@ class Curriculum:
             for g, (score, weight) in enumerate(zip(scores, s.weights, strict=True)):
                 writer.add_scalar(f"curriculum/weight_{g}", weight, loop.progress.step)
                 writer.add_scalar(f"curriculum/score_{g}", score, loop.progress.step)
+                writer.add_scalar(f"curriculum/noise_{g}", noise[g], loop.progress.step)
             writer.add_scalar("curriculum/seconds", seconds, loop.progress.step)
         if loop.rank == 0:
             shown = " ".join(f"{w:.3f}" for w in s.weights)
@@ -210,6 +270,13 @@ class Curriculum:
                 100 * record["share_of_epoch"],
                 shown,
             )
+
+    def summary(self) -> dict[str, Any]:
+        """The curriculum's state, and the examples drawn in each group since its last stage
+        (with its final weights)."""
+        drawn = np.asarray(self.loop.progress.groups)
+        drawn = drawn - np.sum([stage["drawn"] for stage in self.state.stages], axis=0)
+        return {"curriculum": self.state_dict() | {"drawn_after": drawn.astype(int).tolist()}}
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self.state)

@@ -8,7 +8,22 @@ then three 1-epoch stages; the last epoch keeps the final weights) and 2 fine-tu
 make TIGER's 8.
 """
 
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from genrec.methods.mtgrec.curriculum import Curriculum
 from genrec.methods.spec import MethodSpec
+from genrec.trainer.hooks import Plugin
+
+
+def curriculum(
+    cfg: DictConfig, tables: list[Path], num_items: int, device: torch.device
+) -> list[Plugin]:
+    """The influence curriculum over the run's tables (fine-tuning reads one: none)."""
+    return [Curriculum(cfg, len(tables))] if len(tables) > 1 else []
+
 
 MTGREC = MethodSpec(
     name="mtgrec",
@@ -29,5 +44,6 @@ MTGREC = MethodSpec(
         "finetune": {"epochs": 2, "lr": 2e-4},
     },
     stages=("data", "retokenize", "train", "finetune", "evaluate"),
+    plugins=curriculum,
     finetune_overrides={"trainer": {"curriculum": {"stage_epochs": []}}},
 )

@@ -26,9 +26,8 @@ from genrec.cf.lightgcn import propagated
 from genrec.errors import ConfigError, DataError
 from genrec.tokenizers.base import Tokenizer
 from genrec.tokenizers.checkpoints import load_tokenizer
-from genrec.tokenizers.tokenize import load_vectors
+from genrec.tokenizers.tokenize import load_vectors, tokenizer_input
 from genrec.trainer.config import RetrievalLoss, UserTokens
-from genrec.trainer.end_to_end import tokenizer_input
 from genrec.trainer.item_codes import ItemCodes, read_table
 from genrec.trainer.objective import Batch
 from genrec.trainer.retrieval import ApproximateIndex, Search, Similarity, exact_top_k

@@ -4,8 +4,11 @@ validation loss, to first order.
 A group's score is the Adam update direction of its mean training gradient (the step the
 optimizer would take, from its current moments) dotted with the validation gradient. Scores
 of successive stages are averaged weighted by each stage's learning rate, and the group
-weights are softmax(score / tau). Gradients can be randomly projected to a few thousand
-dimensions first: dot products survive (Johnson-Lindenstrauss), memory and all-reduce shrink.
+weights are softmax(score / tau) of the raw scores (the paper's rule). The samples are taken
+in chunks, so the same pass also gives each score's noise (a bootstrap over the chunks), and
+differences inside the noise are not amplified into weights. Gradients can be randomly
+projected to a few thousand dimensions first: dot products survive (Johnson-Lindenstrauss),
+memory and all-reduce shrink.
 """
 
 from collections.abc import Iterable
@@ -67,18 +70,55 @@ def mean_gradient(
     return (total[:-1] / total[-1].clamp(min=1)).float().cpu()
 
 
+def chunk_scores(directions: list[Tensor], valid: list[Tensor]) -> np.ndarray:
+    """[K, J] dot products of K training chunks' Adam directions with J validation chunks'
+    gradients: their mean is the group's score, their spread its noise."""
+    return (torch.stack(directions).double() @ torch.stack(valid).double().T).numpy()
+
+
+def bootstrap_noise(scores: np.ndarray, draws: int, seed: int) -> np.ndarray:
+    """Standard error of each group's score minus the groups' mean, from [G, K, J] chunk
+    scores: training chunks (the same examples in every group) and validation chunks (shared)
+    are resampled together for all groups, so the noise is that of their differences."""
+    groups, k, j = scores.shape
+    rng = np.random.default_rng(seed)
+    out = np.empty((draws, groups))
+    for b in range(draws):
+        rows, cols = rng.integers(k, size=k), rng.integers(j, size=j)
+        out[b] = scores[:, rows][:, :, cols].mean((1, 2))
+    centred = out - out.mean(1, keepdims=True)
+    return centred.std(0, ddof=1) if draws > 1 else np.zeros(groups)
+
+
+def accumulated(
+    scores: list[list[float]], noise: list[list[float]], lrs: list[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The stages' scores averaged with their learning rates as weights (the paper's
+    accumulation), and the noise of that average (stages drew independent samples)."""
+    lr = np.asarray(lrs, dtype=np.float64)
+    share = lr / lr.sum()
+    mean = share @ np.asarray(scores, dtype=np.float64)
+    se = np.sqrt(share**2 @ np.asarray(noise, dtype=np.float64) ** 2)
+    return mean, se
+
+
 def group_weights(
-    scores: list[list[float]], lrs: list[float], tau: float, normalize: bool = True
+    scores: list[list[float]],
+    lrs: list[float],
+    tau: float,
+    noise: list[list[float]] | None = None,
+    noise_z: float = 0.0,
 ) -> np.ndarray:
-    """softmax(s / tau) of the stages' scores averaged with their learning rates as weights;
-    `normalize` first maps s to [0, 1] (min to max): raw dot products scale with the model and
-    the loss, so a fixed tau would make the weights one-hot on one model and flat on another."""
+    """softmax(s / tau) over the raw learning-rate-weighted influence s, as the paper does.
+    Each group's difference from the groups' mean first shrinks towards 0 by `noise_z` of its
+    standard error (soft thresholding): differences inside the noise give uniform weights
+    instead of a reweighting by chance, and `noise_z=0` is the paper's rule exactly."""
     if tau <= 0:
         raise ValueError(f"tau must be positive, got {tau}")
-    lr = np.asarray(lrs, dtype=np.float64)
-    mean = (lr[:, None] * np.asarray(scores, dtype=np.float64)).sum(0) / lr.sum()
-    if normalize:
-        mean = (mean - mean.min()) / max(mean.max() - mean.min(), 1e-12)
-    logits = mean / tau
+    noise = noise if noise is not None else [[0.0] * len(s) for s in scores]
+    mean, se = accumulated(scores, noise, lrs)
+    difference = mean - mean.mean()
+    shrunk = np.sign(difference) * np.maximum(np.abs(difference) - noise_z * se, 0.0)
+    logits = shrunk / tau
     weights = np.exp(logits - logits.max())
     return weights / weights.sum()
