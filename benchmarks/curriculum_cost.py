@@ -1,8 +1,9 @@
 """MTGRec's curriculum: the cost of one stage's influence estimate as a share of one training
 epoch, subsampled (genrec's default) against the full-pass estimate (every training example
 in every group, every validation example: what the official code does), and the error of the
-subsampled estimate against the full one over several sample seeds, and of the mean of those
-draws (what the curriculum accumulates over its stages, one fresh draw each).
+subsampled estimate against the full one over several sample seeds: rank agreement, the
+scores' spread against their bootstrap noise, and the weights with and without shrinking the
+differences by their noise (`trainer.curriculum.noise_z`).
 
 Command:
     python benchmarks/curriculum_cost.py [CONFIG.yaml ...] [--tables 10] [--steps 200]
@@ -35,16 +36,18 @@ from genrec.trainer.engine import full_state_dict
 from genrec.trainer.train import Loop
 
 
-def estimate(loop: Loop, data_dir, train_examples: int, valid_examples: int, seed: int):
+def estimate(loop: Loop, train_examples: int, valid_examples: int, seed: int):
+    """(scores, their bootstrap noise, seconds) of one stage's estimate from the loop's state."""
     settings = loop.cfg.trainer.curriculum
     settings.train_examples, settings.valid_examples = train_examples, valid_examples
     loop.cfg.seed = seed
-    curriculum = Curriculum(loop, data_dir)
+    curriculum = Curriculum(loop.cfg, loop.codes.num_groups)
+    curriculum.attach(loop)
     started = time.perf_counter()
     loop.eval_model.load_state_dict(full_state_dict(loop.engine))
     loop.eval_model.eval()
-    scores = curriculum.scores(loop)
-    return np.array(scores), time.perf_counter() - started
+    scores, noise = curriculum.scores()
+    return np.array(scores), np.array(noise), time.perf_counter() - started
 
 
 def train_rate(loop: Loop, data_dir, steps: int, groups: int) -> float:
@@ -96,34 +99,42 @@ def main() -> None:
     manifest = load_manifest(data_dir)
     epoch = manifest["num_train_examples"] / rate
     print(f"training: {rate:,.0f} examples/s, one epoch {epoch:.1f} s ({args.tables} groups)")
-    full, full_s = estimate(
-        loop, data_dir, manifest["num_train_examples"], manifest["num_valid_examples"], 0
+    settings = cfg.trainer.curriculum
+    tau, z = settings.tau, settings.noise_z
+
+    def weights(scores: np.ndarray, noise: np.ndarray, shrink: float) -> np.ndarray:
+        return group_weights([scores.tolist()], [1.0], tau, [noise.tolist()], shrink)
+
+    full, full_noise, full_s = estimate(
+        loop, manifest["num_train_examples"], manifest["num_valid_examples"], 0
     )
-    w_full = group_weights([full], [1.0], 1.0)
+    w_full = weights(full, full_noise, 0.0)
     print(f"full-pass estimate: {full_s:.1f} s = {100 * full_s / epoch:.0f}% of an epoch")
-    print(f"  scores {np.round(full, 3).tolist()}  weights {np.round(w_full, 3).tolist()}")
-    print("| train x groups + valid | wall | share of an epoch | largest weight error | rank |")
+    print(f"  scores {np.round(full, 4).tolist()}")
+    print(f"  noise  {np.round(full_noise, 4).tolist()}")
+    print(f"  weights (tau {tau}, raw) {np.round(w_full, 3).tolist()}")
+    print(
+        "| train x groups + valid | wall | share of an epoch | score spread / noise | "
+        f"rank vs full | weight error, raw | weight error, noise_z {z} | max weight, noise_z {z} |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         train_n, valid_n = map(int, size.split(":"))
-        walls, errors, ranks, draws = [], [], [], []
+        walls, ranks, ratio, raw, shrunk, top = [], [], [], [], [], []
         for seed in range(args.seeds):
-            sub, sub_s = estimate(loop, data_dir, train_n, valid_n, seed)
-            w_sub = group_weights([sub], [1.0], 1.0)
+            sub, noise, sub_s = estimate(loop, train_n, valid_n, seed)
             walls.append(sub_s)
-            errors.append(np.abs(w_sub - w_full).max())
             ranks.append(stats.spearmanr(sub, full).statistic)
-            draws.append(sub)
+            ratio.append(np.std(sub - sub.mean()) / np.mean(noise))
+            raw.append(np.abs(weights(sub, noise, 0.0) - w_full).max())
+            kept = weights(sub, noise, z)
+            shrunk.append(np.abs(kept - w_full).max())
+            top.append(kept.max())
         print(
             f"| {train_n} x {args.tables} + {valid_n} | {np.mean(walls):.2f} s | "
-            f"{100 * np.mean(walls) / epoch:.1f}% | {np.mean(errors):.3f} "
-            f"(max {np.max(errors):.3f}) | {np.mean(ranks):.2f} (min {np.min(ranks):.2f}) |"
-        )
-        # What the curriculum accumulates: one fresh draw per stage, averaged.
-        mean = np.mean(draws, axis=0)
-        print(
-            f"| mean of those {args.seeds} draws | | | "
-            f"{np.abs(group_weights([mean], [1.0], 1.0) - w_full).max():.3f} | "
-            f"{stats.spearmanr(mean, full).statistic:.2f} |"
+            f"{100 * np.mean(walls) / epoch:.1f}% | {np.mean(ratio):.2f} | "
+            f"{np.mean(ranks):.2f} (min {np.min(ranks):.2f}) | {np.mean(raw):.3f} | "
+            f"{np.mean(shrunk):.3f} | {np.mean(top):.3f} |"
         )
 
 

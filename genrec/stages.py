@@ -5,18 +5,19 @@ calling a stage twice, or running `genrec run` again, redoes nothing.
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from genrec import artifacts
-from genrec.artifacts import stage_dir
+from genrec.artifacts import SELECT_METRIC, stage_dir
 from genrec.data_pipeline.prepare import load_manifest, prepare
 from genrec.data_pipeline.text_embeddings import embed_items
 from genrec.errors import ConfigError
 from genrec.methods import method_spec
-from genrec.provenance import write_json
+from genrec.provenance import atomic_file, write_json
 from genrec.report import write_run_report
 from genrec.tokenizers.config import TokenizerInput, TokenizerName
 
@@ -148,18 +149,17 @@ def train(cfg: DictConfig) -> Path:
 
 
 def finetune(cfg: DictConfig) -> Path:
-    """The pre-trained model fine-tuned on one table with fixed IDs, chosen by validation among
-    `finetune.candidates` (skipped, returning the pre-training, when finetune.epochs is 0)."""
+    """The pre-trained model fine-tuned on one table with fixed IDs: fine-tuned on each of
+    `finetune.candidates` in turn, the one whose fine-tuned model validates best is kept (the
+    paper's choice; skipped, returning the pre-training, when finetune.epochs is 0). Each
+    candidate's run stays in `finetune/candidates/table-<i>/`, so a rerun reuses it."""
     from genrec.cluster.train_job import train as run_training
-    from genrec.trainer.evaluate import choose_table
 
     pretrained = train(cfg) / artifacts.MODEL
     if not cfg.finetune.epochs:
         return pretrained.parent
     tables = model_tables(cfg)
-    candidates = [tables[i] for i in cfg.finetune.candidates]
     method = method_spec(cfg.method)
-    choice = choose_table(cfg, method, pretrained, data(cfg), candidates)
     tuning = {
         "epochs": cfg.finetune.epochs,
         "lr": cfg.finetune.lr,
@@ -167,8 +167,28 @@ def finetune(cfg: DictConfig) -> Path:
     }
     tuned = OmegaConf.merge(cfg, method.finetune_overrides, {"trainer": tuning})
     out = stage_dir(cfg.run_dir, artifacts.FINETUNE)
-    run_training(tuned, data(cfg), [Path(choice["table"])], out)
-    write_json(out / artifacts.TABLE_CHOICE, choice)
+    runs = {}
+    for index in cfg.finetune.candidates:
+        folder = out / "candidates" / f"table-{index}"
+        run_training(tuned, data(cfg), [tables[index]], folder)
+        summary = json.loads((folder / artifacts.TRAIN_SUMMARY).read_text())
+        runs[index] = {
+            "table": str(tables[index]),
+            "folder": str(folder),
+            "valid": summary["valid"],
+        }
+    best = max(runs, key=lambda index: runs[index]["valid"][SELECT_METRIC])
+    log.info(
+        "fine-tuned on tables %s: table %d validates best (%s %.4f)",
+        list(runs),
+        best,
+        SELECT_METRIC,
+        runs[best]["valid"][SELECT_METRIC],
+    )
+    for name in (artifacts.MODEL, artifacts.TRAIN_SUMMARY):
+        with atomic_file(out / name) as tmp:
+            shutil.copyfile(Path(runs[best]["folder"]) / name, tmp)
+    write_json(out / artifacts.TABLE_CHOICE, {"table": runs[best]["table"], "candidates": runs})
     write_run_report(cfg.run_dir)
     return out
 

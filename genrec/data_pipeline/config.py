@@ -28,7 +28,8 @@ class BadRows(Enum):
 
 @dataclass
 class SyntheticConfig:
-    """A log with planted structure: category trees, Zipf popularity, drifting users."""
+    """A log with planted structure: category trees, Zipf popularity, users with a slowly
+    drifting taste for a few subcategories."""
 
     num_users: int = option(3000, "users to generate")
     num_items: int = option(600, "items in the catalogue")
@@ -37,9 +38,14 @@ class SyntheticConfig:
     mean_length: float = option(12.0, "mean interactions per user")
     max_length: int = option(100, "longest user sequence")
     zipf_exponent: float = option(1.1, "popularity skew inside a subcategory")
-    p_successor: float = option(0.45, "chance the next item is the current one's successor")
-    p_same_subcategory: float = option(0.25, "chance of another item of the same subcategory")
-    p_same_category: float = option(0.2, "chance of an item of a sibling subcategory")
+    p_successor: float = option(0.35, "chance the next item is the current one's successor")
+    p_same_subcategory: float = option(0.15, "chance of another item of the same subcategory")
+    p_same_category: float = option(0.1, "chance of an item of a sibling subcategory")
+    p_taste: float = option(0.3, "chance of an item of one of the user's favourite subcategories")
+    taste_subcategories: int = option(3, "favourite subcategories each user has (their taste)")
+    taste_drift: float = option(
+        0.03, "chance per interaction that one favourite is replaced (a slowly drifting taste)"
+    )
     users_per_chunk: int = option(200_000, "users generated at a time (bounds memory)")
     seed: int = option(0, "seed of the generator")
 
@@ -48,12 +54,13 @@ class SyntheticConfig:
         at_least(self, 1, "users_per_chunk")
         at_least(self, 5, "max_length")
         positive(self, "mean_length", "zipf_exponent")
-        chances = ("p_successor", "p_same_subcategory", "p_same_category")
-        for key in chances:
+        at_least(self, 1, "taste_subcategories")
+        chances = ("p_successor", "p_same_subcategory", "p_same_category", "p_taste")
+        for key in (*chances, "taste_drift"):
             if not 0 <= getattr(self, key) <= 1:
                 raise Invalid(key, f"must be in [0, 1], got {getattr(self, key)}")
         if sum(getattr(self, key) for key in chances) > 1:
-            raise Invalid("p_same_category", f"{' + '.join(chances)} must not exceed 1")
+            raise Invalid("p_taste", f"{' + '.join(chances)} must not exceed 1")
 
 
 @dataclass

@@ -119,7 +119,8 @@ class EtegrecConfig:
 
 class RetrievalLoss(Enum):
     """TokenRec's training signal: softmax over the target and uniformly sampled items, or the
-    paper's cosine embedding loss against sampled negatives."""
+    paper's cosine embedding loss against sampled negatives. Either way the negatives are drawn
+    once per micro-batch and shared by its examples (`TokenrecConfig.negatives`)."""
 
     softmax = "softmax"
     cosine = "cosine"
@@ -142,7 +143,9 @@ class TokenrecConfig:
     """TokenRec's preference vector against the items' LightGCN vectors."""
 
     loss: RetrievalLoss = option(RetrievalLoss.softmax, "softmax (sampled) or cosine (paper)")
-    negatives: int = option(256, "uniform negative items per micro-batch (softmax) or example")
+    negatives: int = option(
+        256, "uniform negative items, drawn once per micro-batch and shared by its examples"
+    )
     temperature: float = option(0.1, "softmax temperature of the cosine scores")
     margin: float = option(0.0, "cosine loss: negatives count above this similarity")
     user_tokens: UserTokens = option(
@@ -242,7 +245,7 @@ class FinetuneConfig:
     epochs: int = option(0, "fine-tuning epochs on one table after pre-training (0: none)")
     lr: float = option(2e-4, "peak learning rate of fine-tuning")
     candidates: list[int] = option(
-        [0], "tables validation picks the fine-tuning one from (0: the final epoch's)"
+        [0], "tables to fine-tune on, each in turn; the best-validating run is kept (0: final)"
     )
     from_scratch: bool = option(
         False, "train a new model on the chosen IDs instead (ETEGRec's 'no end-to-end' ablation)"

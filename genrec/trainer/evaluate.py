@@ -16,7 +16,6 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from genrec.artifacts import SELECT_METRIC
 from genrec.cf.popularity import popularity_metrics
 from genrec.data_pipeline.prepared import EvalSet, load_prepared
 from genrec.errors import DataError
@@ -174,27 +173,3 @@ def tables_of(checkpoint: Path, tables: list[Path]) -> list[Path]:
         raise DataError(str(checkpoint), f"not a genrec model checkpoint: {err}") from err
     by_digest = {file_digest(path): path for path in tables}
     return [by_digest[d] for d in saved] if all(d in by_digest for d in saved) else tables
-
-
-def choose_table(
-    cfg: DictConfig, method: MethodHooks, checkpoint: Path, data_dir: Path, candidates: list[Path]
-) -> dict[str, Any]:
-    """The candidate table a saved model ranks validation best with (MTGRec's fine-tuning
-    tokenizer), and each candidate's validation metrics; the test split is not read."""
-    if len(candidates) == 1:
-        return {"table": str(candidates[0]), "candidates": {str(candidates[0]): None}}
-    device = resolve_device(cfg.trainer.device)
-    model, _ = load_model(checkpoint, method.build_model, device)
-    data = load_prepared(data_dir)
-    valid = data.valid.subsample(cfg.evaluate.valid_users, cfg.seed)
-    scores = {}
-    for table in candidates:
-        codes = ItemCodes.load([table], data.num_items, model.config.codebook_size).to(device)
-        ranker = method.ranker(cfg, codes, [table])
-        k, batch = cfg.evaluate.beam_size, cfg.evaluate.batch_size
-        scores[str(table)] = split_metrics(model, ranker, codes, valid, k, batch, progress=False)
-    best = max(scores, key=lambda table: scores[table][SELECT_METRIC])
-    log.info(
-        "fine-tuning table: %s (valid %s %.4f)", best, SELECT_METRIC, scores[best][SELECT_METRIC]
-    )
-    return {"table": best, "candidates": scores}

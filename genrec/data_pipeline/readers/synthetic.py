@@ -3,9 +3,13 @@
 Items sit in a category tree (category -> subcategory) with Zipf popularity inside each
 subcategory, and every item has a "successor" (the next item of its series). A user's next
 item is the successor of the current one, another item of the same subcategory, of a sibling
-subcategory, or a fresh popular item elsewhere. Item text names the category, subcategory and
-series, so text embeddings carry the same tree. Users are generated in chunks, so a log of
-10^8 interactions streams out without being held in memory.
+subcategory, an item of one of the user's favourite subcategories (their taste), or a fresh
+popular item elsewhere. The taste persists and drifts slowly (now and then one favourite is
+replaced), so the next item depends on more than the current one: a long history tells the
+user's favourites, as in real logs, where a first-order chain would make the newest item all
+a model can use. Item text names the category, subcategory and series, so text embeddings
+carry the same tree. Users are generated in chunks, so a log of 10^8 interactions streams out
+without being held in memory.
 """
 
 from collections.abc import Iterator
@@ -90,28 +94,45 @@ def _pick(table: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def _next_items(
-    cat: Catalog, cfg: SyntheticConfig, cur: np.ndarray, rng: np.random.Generator
+    cat: Catalog,
+    cfg: SyntheticConfig,
+    cur: np.ndarray,
+    taste: np.ndarray,
+    rng: np.random.Generator,
 ) -> np.ndarray:
+    """The next item of each user whose current one is `cur` and favourites `taste` [n, k]."""
     n = cur.size
     leaf = cat.item_leaf[cur]
     u = rng.random(n)
     p1 = cfg.p_successor
     p2 = p1 + cfg.p_same_subcategory
     p3 = p2 + cfg.p_same_category
+    p4 = p3 + cfg.p_taste
     sibling = (leaf // cat.subcategories) * cat.subcategories + rng.integers(
         0, cat.subcategories, n
     )
+    favourite = taste[np.arange(n), rng.integers(0, taste.shape[1], n)]
     fresh = _pick(cat.leaf_table, rng, n)
-    target_leaf = np.where(u < p2, leaf, np.where(u < p3, sibling, fresh))
+    target_leaf = np.select([u < p2, u < p3, u < p4], [leaf, sibling, favourite], fresh)
     chosen = cat.leaf_items[target_leaf, _pick(cat.rank_table, rng, n)]
     return np.where(u < p1, cat.successor[cur], chosen)
+
+
+def _drift(
+    cat: Catalog, cfg: SyntheticConfig, taste: np.ndarray, rng: np.random.Generator
+) -> None:
+    """Replaces one favourite of a `taste_drift` share of the users, in place."""
+    n, k = taste.shape
+    moved = np.flatnonzero(rng.random(n) < cfg.taste_drift)
+    taste[moved, rng.integers(0, k, moved.size)] = _pick(cat.leaf_table, rng, moved.size)
 
 
 def generate(cfg: SyntheticConfig) -> Iterator[pa.RecordBatch]:
     """Record batches (user, item) in time order per user, one chunk of users at a time.
 
     Users of a chunk are ordered by decreasing length, so step t only touches the prefix of
-    users still active and the work is proportional to the interactions generated.
+    users still active and the work is proportional to the interactions generated. Each
+    user's first item comes from one of their favourite subcategories.
     """
     cat = build_catalog(cfg)
     for start in range(0, cfg.num_users, cfg.users_per_chunk):
@@ -120,11 +141,13 @@ def generate(cfg: SyntheticConfig) -> Iterator[pa.RecordBatch]:
         extra = rng.geometric(1.0 / max(cfg.mean_length - 4.0, 1.0), n) - 1
         lengths = -np.sort(-np.minimum(5 + extra, cfg.max_length))
         active = np.searchsorted(-lengths, -np.arange(int(lengths[0])), side="left")
+        taste = _pick(cat.leaf_table, rng, n * cfg.taste_subcategories).reshape(n, -1)
         seq = np.zeros((n, int(lengths[0])), dtype=np.int32)
-        seq[:, 0] = cat.leaf_items[_pick(cat.leaf_table, rng, n), _pick(cat.rank_table, rng, n)]
+        seq[:, 0] = cat.leaf_items[taste[:, 0], _pick(cat.rank_table, rng, n)]
         for t in range(1, seq.shape[1]):
             m = active[t]
-            seq[:m, t] = _next_items(cat, cfg, seq[:m, t - 1], rng)
+            _drift(cat, cfg, taste[:m], rng)
+            seq[:m, t] = _next_items(cat, cfg, seq[:m, t - 1], taste[:m], rng)
         mask = np.arange(seq.shape[1])[None, :] < lengths[:, None]
         users = np.repeat(np.arange(start, start + n, dtype=np.int64), lengths)
         yield pa.record_batch({"user": users, "item": seq[mask].astype(np.int64)})
