@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from genrec.cluster.sweep import TrainingFailed, claim_folder, run_sweep
+from genrec.cluster.sweep import TrainingFailed, account, claim_folder, run_sweep
 from genrec.cluster.sweep_spec import load_sweep
 from genrec.data_pipeline.ray_ingest import PositionTracker, stream_batches
 from genrec.data_pipeline.subsample import kept_users, train_examples
@@ -125,6 +125,30 @@ def test_data_fraction_users_are_nested_seeded_and_counted(tmp_path):
     pq.write_table(pa.table({"user": block["user"], "items": full}), tmp_path / "sequences.parquet")
     assert train_examples(tmp_path, 0.5, 3) == int((lengths[kept] - 1).sum())
     assert train_examples(tmp_path, 1.0, 3) == int((lengths - 1).sum())
+
+
+def test_a_trial_is_accounted_at_its_best_validation_not_at_its_end():
+    """The fits read the lowest validation loss, so D and C are those spent up to it."""
+    config = ModelConfig.preset("tiny", num_levels=3, codebook_size=16, dedup_size=2)
+    validations = [
+        {"step": 10, "loss": 2.0, "samples": 100, "tokens": 400, "flops": 1e9},
+        {"step": 20, "loss": 1.5, "samples": 200, "tokens": 800, "flops": 2e9},
+        {"step": 30, "loss": 1.7, "samples": 300, "tokens": 1200, "flops": 3e9},
+    ]
+    summary = {
+        "model": vars(config),
+        "validations": validations,
+        "samples": 300,
+        "tokens": 1200,
+        "flops": 3e9,
+        "train_samples_per_s": 10.0,
+        "valid": {"ndcg@10": 0.2, "recall@10": 0.3},
+    }
+    for v in validations:
+        v |= {"ndcg@10": 0.2, "recall@10": 0.3}
+    row = account(summary, 5.0)
+    assert row["best_valid_loss"] == 1.5 and row["final_valid_loss"] == 1.7
+    assert (row["examples"], row["tokens"], row["flops"]) == (200, 800, 2e9)
 
 
 def test_batch_flops_add_up_the_examples_of_both_encoders():
