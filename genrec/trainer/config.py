@@ -91,13 +91,17 @@ class Negatives(Enum):
 @dataclass
 class EtegrecConfig:
     """ETEGRec's alternation: each cycle is one tokenizer epoch, then cycle - 1 recommender
-    epochs, both coupled by SIA and PSA (the paper's best weights: SIA 3e-4, PSA 1e-4)."""
+    epochs, both coupled by SIA and PSA (the paper's best weights: SIA 3e-4, PSA 1e-4). In
+    tokenizer epochs the weights are relative to the RQ-VAE's loss as the official code scales
+    it: reconstruction and quantization averaged over dimensions and levels, not summed."""
 
     cycle: int = option(2, "epochs per cycle: one tokenizer epoch, then cycle - 1 recommender")
     warmup_epochs: int = option(2, "first epochs with the alignment weights at zero")
     sia_weight: float = option(3e-4, "weight of sequence-item alignment (symmetric KL)")
     psa_weight: float = option(1e-4, "weight of preference-semantic alignment (InfoNCE)")
-    vq_weight: float = option(1.0, "weight of the tokenizer's own loss in tokenizer epochs")
+    vq_weight: float = option(
+        1.0, "weight of the tokenizer's own loss (means over dimensions and levels) in its epochs"
+    )
     sia_temperature: float = option(1.0, "T of the code distributions softmax(-distance / T)")
     psa_temperature: float = option(0.07, "InfoNCE temperature of PSA (cosine)")
     sia_gradient: SiaGradient = option(SiaGradient.all, "SIA reaches the encoder via all or first")
