@@ -159,3 +159,18 @@ def test_code_report_usage_perplexity_and_collapse() -> None:
     assert usage_collapse_levels(report, threshold=0.5) == [1]
     with pytest.raises(ValueError, match=r"must lie in \[0, 2\)"):
         code_report(codes, codebook_size=2)
+
+
+def test_codewords_are_seeded_even_from_fewer_distinct_residuals_than_codes():
+    """A deep level's residuals can hold fewer distinct points than its codebook (a small
+    catalogue): every distinct point becomes a codeword and the rest jittered copies, so the
+    RQ-VAE's k-means init never fails where k-means itself must."""
+    from genrec.tokenizers.kmeans import seed_codewords
+
+    points = torch.cat([torch.zeros(20, 4), torch.randn(5, 4)])
+    codewords = seed_codewords(points, 16, seed=0)
+    assert codewords.shape == (16, 4) and torch.isfinite(codewords).all()
+    distinct = torch.unique(points, dim=0)
+    assert all((codewords - row).abs().sum(1).min() == 0 for row in distinct)
+    many = torch.randn(100, 4)
+    assert torch.equal(seed_codewords(many, 8, seed=1), kmeans(many, 8, seed=1))

@@ -49,7 +49,7 @@ def kmeans(x: Tensor, k: int, iters: int = 50, seed: int = 0) -> Tensor:
     centroids stay in use; needs at least k distinct points for that to be possible.
     """
     x = _check_points(x, k, "k-means")
-    distinct = _distinct_lower_bound(x, k)
+    distinct = distinct_lower_bound(x, k)
     if distinct < k:
         raise ValueError(
             f"k-means: cannot make {k} clusters from {distinct} distinct points; "
@@ -65,6 +65,22 @@ def kmeans(x: Tensor, k: int, iters: int = 50, seed: int = 0) -> Tensor:
         labels = new_labels
         centroids = _update_centroids(x, labels, sqdist, centroids)
     return centroids
+
+
+@torch.no_grad()
+def seed_codewords(x: Tensor, k: int, iters: int = 50, seed: int = 0) -> Tensor:
+    """k codewords for a codebook: k-means centroids, or where the points hold fewer than k
+    distinct rows (the residuals below a level whose codes already tell most items apart, on
+    a small catalogue) every distinct row plus jittered copies of them for the rest; those
+    stay unused until a dead-code restart re-seats them."""
+    if distinct_lower_bound(x, k) >= k:
+        return kmeans(x, k, iters, seed)
+    distinct = torch.unique(x, dim=0)
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    picks = torch.randint(len(distinct), (k - len(distinct),), generator=generator, device=x.device)
+    scale = x.std().clamp_min(1e-6) * 1e-3
+    noise = torch.randn((len(picks), x.shape[1]), generator=generator, device=x.device)
+    return torch.cat([distinct, distinct[picks] + scale * noise])
 
 
 @torch.no_grad()
@@ -181,7 +197,7 @@ def _check_points(x: Tensor, k: int, what: str) -> Tensor:
     return x.detach()
 
 
-def _distinct_lower_bound(x: Tensor, k: int) -> int:
+def distinct_lower_bound(x: Tensor, k: int) -> int:
     """Number of distinct rows, computed exactly only where a cheap bound falls below k.
 
     Equal rows project equally onto a random direction, so distinct projections never

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genrec.tokenizers.kmeans import kmeans, nearest
+from genrec.tokenizers.kmeans import nearest, seed_codewords
 
 
 def rotate_to(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -127,10 +127,11 @@ class ResidualQuantizer(nn.Module):
 
     @torch.no_grad()
     def kmeans_init(self, z: torch.Tensor, iters: int, seed: int) -> None:
-        """Codebook l = k-means centroids of the level-l residuals of the data."""
+        """Codebook l = k-means centroids of the level-l residuals of the data (all of them,
+        jittered, where a deep level's residuals hold fewer distinct points than codes)."""
         residual = z
         for level, codebook in enumerate(self.levels):
-            codebook.set_codewords(kmeans(residual, codebook.size, iters=iters, seed=seed + level))
+            codebook.set_codewords(seed_codewords(residual, codebook.size, iters, seed + level))
             codes, _ = nearest(residual, codebook.weight)
             residual = residual - codebook.weight[codes]
 
