@@ -172,21 +172,20 @@ class Curriculum(Plugin):
     def chunk_gradients(
         self, examples: list[dict], group: int | None, total: int
     ) -> list[torch.Tensor]:
-        """The mean gradient of each of `trainer.curriculum.chunks` chunks of the examples
-        (each rank chunks its own share; chunk c is every rank's c-th, a collective). There
-        are at most as many chunks as the smallest share has examples (`total`: all ranks'),
-        so no chunk is empty everywhere."""
+        """The mean gradient of each of `trainer.curriculum.chunks` chunks of a sample of
+        `total` examples, dealt by their index in the whole sample (rank r holds indices r,
+        r + world, ...), so the chunks are the same on any worker count (a collective)."""
         loop = self.loop
-        count = min(self.settings.chunks, max(1, total // loop.world_size))
-        chunks = np.array_split(np.arange(len(examples)), count)
+        count = min(self.settings.chunks, max(1, total))
+        index = loop.rank + loop.world_size * np.arange(len(examples))
         return [
             mean_gradient(
                 loop.eval_model,
                 loop.objective,
-                self.batches([examples[i] for i in chunk], group),
+                self.batches([examples[i] for i in np.flatnonzero(index % count == c)], group),
                 loop.device,
             )
-            for chunk in chunks
+            for c in range(count)
         ]
 
     def scores(self) -> tuple[list[float], list[float]]:

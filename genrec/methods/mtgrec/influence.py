@@ -63,7 +63,10 @@ def mean_gradient(
         loss, _ = objective(model, batch)
         (loss * batch.target.numel()).backward()
         count += batch.target.numel()
-    grad = torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.requires_grad])
+    # A rank with no examples in this sample (or chunk) adds zeros to the sum.
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+    trained = [g for g, p in zip(grads, model.parameters(), strict=True) if p.requires_grad]
+    grad = torch.cat([g.reshape(-1) for g in trained])
     total = torch.cat([grad.double(), torch.tensor([count], dtype=torch.float64)]).to(device)
     dist.all_reduce(total)
     model.zero_grad(set_to_none=True)
