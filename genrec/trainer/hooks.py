@@ -8,7 +8,7 @@ validation) and each a named state of every checkpoint. The loop knows no method
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -20,9 +20,6 @@ from genrec.trainer.item_codes import ItemCodes
 from genrec.trainer.model import GenerativeRecommender, ModelConfig
 from genrec.trainer.objective import Batch, Objective
 from genrec.trainer.ranking import Ranker
-
-if TYPE_CHECKING:
-    from genrec.trainer.train import Loop
 
 # One engine's part of a micro-step: the engine, its loss, the loss's named terms.
 Update = tuple[Any, Tensor, dict[str, Tensor]]
@@ -42,8 +39,9 @@ class Plugin:
         """Epochs the recommender's optimizer steps in (its schedule spans only those)."""
         return epochs
 
-    def attach(self, loop: "Loop") -> None:
-        """Called once the loop's engine exists, before any checkpoint is restored."""
+    def attach(self, loop: Any) -> None:
+        """Called once the loop (genrec.trainer.train.Loop, which imports this module) has its
+        engine, before any checkpoint is restored."""
 
     def engines(self) -> dict[str, Any]:
         """Further DeepSpeed engines the loop checkpoints by tag and counts steps of."""
