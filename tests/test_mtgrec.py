@@ -311,14 +311,9 @@ def test_the_stream_draws_the_curriculums_weights_then_fine_tuning_starts_pretra
     cfg = cfg.copy()
     cfg.trainer.curriculum.tau = 1e-4
     cfg.trainer.curriculum.noise_z = 0.0
-    good = tokenizer / "items" / "semantic_ids.parquet"
-    table = pq.read_table(good)
-    codes = table["codes"].to_pylist()
-    order = np.random.default_rng(0).permutation(len(codes))
-    permuted = table.set_column(1, "codes", [[codes[i] for i in order]])
-    pq.write_table(permuted, tmp_path / "permuted.parquet")
+    good, permuted = _permuted_tables(tokenizer, tmp_path)
     data_dir = stages.data(cfg)
-    out = train(cfg, data_dir, [good, tmp_path / "permuted.parquet"], tmp_path / "pretrain")
+    out = train(cfg, data_dir, [good, permuted], tmp_path / "pretrain")
     summary = json.loads((out / "train.json").read_text())
     stage = summary["curriculum"]["stages"][0]
     print(f"scores {stage['scores']} noise {stage['noise']} weights {stage['weights']}")
