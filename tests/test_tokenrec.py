@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from genrec import artifacts, stages
+from genrec.cf.lightgcn import propagated, unseen_users
 from genrec.config import load_config
 from genrec.data_pipeline.prepared import load_prepared
 from genrec.errors import ConfigError, DataError
@@ -22,6 +23,7 @@ from genrec.methods.tokenrec.preference import (
     UserTable,
     check_head,
     load_catalogue,
+    tokenizer_dir,
 )
 from genrec.trainer.config import RetrievalLoss, UserTokens
 from genrec.trainer.evaluate import eval_batches
@@ -187,6 +189,82 @@ def test_losses_are_lowest_for_the_target_vector(loss):
     assert right.item() >= 0
 
 
+def _loss_fn(items: torch.Tensor, loss: RetrievalLoss, negatives: int, seed: int = 0):
+    return RetrievalLossFn(
+        Catalogue(items),
+        loss,
+        negatives,
+        0.1,
+        0.0,
+        Similarity.cosine,
+        torch.Generator().manual_seed(seed),
+    )
+
+
+def _loss_and_gradient(fn, query: torch.Tensor, targets: torch.Tensor):
+    """The loss of `fn` for the preference vectors `query`, and its gradient in them."""
+    query = query.clone().requires_grad_()
+    loss, _ = fn(lambda history_codes, target_codes, user, prefixes: query, _batch(targets))
+    loss.backward()
+    return loss.detach(), query.grad
+
+
+@pytest.mark.parametrize("loss", list(RetrievalLoss))
+def test_a_descent_step_moves_the_preference_away_from_a_negative(loss):
+    """Target and negative are placed so that pulling the query toward the target leaves its
+    cosine with the negative unchanged (to first order): what moves it is the negative's own
+    term, and a step down the gradient must lower that cosine."""
+    unit = torch.eye(16)
+    query = unit[0][None]
+    target = (unit[0] + unit[1]) / 2**0.5  # cosine 0.71 with the query
+    negative = (unit[0] + unit[2]) / 2**0.5  # cosine 0.71 with the query, 0.5 with the target
+    items = torch.cat([target[None], negative.expand(999, -1)])
+    fn = _loss_fn(items, loss, 8)
+    drawn = torch.randint(len(items), (8,), generator=torch.Generator().manual_seed(0))
+    assert (drawn > 0).all()  # no draw is the target: every one is the negative
+    _, gradient = _loss_and_gradient(fn, query, torch.tensor([0]))
+    at = query[0].clone().requires_grad_()
+    towards = [  # d cos(query, v) / d query
+        torch.autograd.grad(torch.cosine_similarity(at, v, dim=0), at)[0]
+        for v in (target, negative)
+    ]
+    assert torch.dot(towards[0], towards[1]).abs() < 1e-6
+    assert torch.dot(gradient[0], towards[1]) > 1e-3  # descent lowers the cosine
+    assert torch.dot(gradient[0], negative) > 1e-3
+    assert torch.dot(gradient[0], towards[0]) < -1e-3  # and raises the target's
+
+
+@pytest.mark.parametrize("loss", list(RetrievalLoss))
+def test_a_negative_drawn_equal_to_the_target_is_masked(loss):
+    """Two examples (targets 0 and 1) share draws from a 3-item catalogue, so some draws are
+    one example's target and not the other's: the loss and its gradient are those that leave
+    each example's own collisions out (a masked hinge term counts as 0 in the mean). Every
+    cosine is positive, so every hinge term is active."""
+    torch.manual_seed(0)
+    items, query = torch.randn(3, 16) + 1, torch.randn(2, 16) + 1
+    targets, k = torch.tensor([0, 1]), 12
+    drawn = torch.randint(3, (k,), generator=torch.Generator().manual_seed(0))
+    for target in targets:
+        assert (drawn == target).any() and (drawn != target).any()
+    loss_value, gradient = _loss_and_gradient(_loss_fn(items, loss, k), query, targets)
+
+    expected_query = query.clone().requires_grad_()
+    cosine = torch.cosine_similarity(expected_query[:, None], items[None], dim=-1)  # [2, 3]
+    assert (cosine > 0.1).all()
+    rows = []
+    for row, target in enumerate(targets):
+        kept = cosine[row, drawn[drawn != target]]
+        if loss is RetrievalLoss.softmax:
+            logits = torch.cat([cosine[row, target][None], kept]) / 0.1
+            rows.append(-torch.log_softmax(logits, 0)[0])
+        else:
+            rows.append(1 - cosine[row, target] + kept.clamp(min=0).sum() / k)
+    expected = torch.stack(rows).mean()
+    expected.backward()
+    torch.testing.assert_close(loss_value, expected.detach())
+    torch.testing.assert_close(gradient, expected_query.grad)
+
+
 def test_head_and_catalogue_mismatches_are_clear_errors():
     model = small_model(dim=16)
     with pytest.raises(ValueError, match="projects into 16 dimensions, the item vectors have 8"):
@@ -254,6 +332,46 @@ def test_tokenrec_runs_end_to_end_and_ranks_unseen_users(tokenized):
             load_catalogue(with_user_tokens(cfg, "table"), codes, tables)
     finally:
         shutil.copytree(folder / "users-kept", users)
+
+
+@pytest.mark.slow
+def test_the_users_mq_is_fitted_on_the_history_vectors_it_codes(tokenized):
+    """The users' MQ is fitted on the trained users' history vectors (LightGCN's exported user
+    vectors: one propagation step of each validation history), not on LightGCN's trained user
+    embeddings: a trained user's validation example reads, through the coder that also codes
+    every training example's history, exactly the vector the MQ was fitted on, and so its
+    codes in the users' table."""
+    cfg, folder = tokenized
+    data = load_prepared(stages.data(cfg))
+    tables = stages.id_tables(cfg)
+    report = json.loads((tokenizer_dir(tables) / artifacts.TOKENIZER_REPORT).read_text())
+    fitted_on = folder / "run" / report["inputs"]["users"]
+    assert fitted_on == stages.lightgcn(cfg) / artifacts.USER_EMBEDDINGS
+    fitted = torch.from_numpy(np.load(fitted_on))
+    assert len(fitted) == data.num_users and report["users"]["unseen"] == data.holdout.users.size
+    codes = ItemCodes.load(tables, data.num_items, cfg.tokenizer.codebook_size)
+    coder = load_catalogue(cfg, codes, tables).users
+    table = load_catalogue(with_user_tokens(cfg, "table"), codes, tables).users.codes
+    seen = 0
+    for _, batch in eval_batches(data.valid, codes, 128):
+        vectors = propagated(batch.history, coder.items, coder.degree)
+        torch.testing.assert_close(vectors, fitted[batch.user], rtol=1e-5, atol=1e-6)
+        assert torch.equal(coder(batch), table[batch.user])
+        assert torch.equal(coder.tokenizer.encode(fitted[batch.user]), table[batch.user])
+        seen += len(batch.user)
+    assert seen == data.num_users
+
+
+def test_history_vectors_need_every_user_of_the_split_once():
+    from genrec.data_pipeline.prepared import EvalSet
+
+    items, degree = np.arange(8, dtype=np.float32).reshape(4, 2), np.ones(4, dtype=np.int64)
+    split = EvalSet("valid", np.array([1, 0]), np.array([0, 1, 3]), np.array([2, 0, 1]), [3, 3])
+    out = unseen_users(split, 0, items, degree, chunk=1)  # user 1 first, one user a chunk
+    np.testing.assert_allclose(out, [(items[0] + items[1]) / np.sqrt(2), items[2]], rtol=1e-6)
+    split.users = np.array([1, 3])
+    with pytest.raises(DataError, match=r"valid: does not hold users 0\.\.1"):
+        unseen_users(split, 0, items, degree)
 
 
 def with_user_tokens(cfg, mode: str):

@@ -3,7 +3,14 @@
 Unlike SASRec it ignores order: its item vectors encode who-bought-with-whom, the collaborative
 signal that TokenRec's masked quantizer tokenizes. Propagation has no weights or
 nonlinearities, only the symmetric-normalised adjacency, so the layer-0 embeddings are all it
-learns and the layer mean is what it exports.
+learns and the items' layer mean is what it exports.
+
+The users' vectors it exports are not its trained user embeddings but what TokenRec's users'
+tokenizer codes (genrec/methods/tokenrec): each user's history propagated one step from the
+exported item vectors (`propagated`), a trained user's from its validation history (its
+training sequence), a held-out user's from its own. The users' MQ tokenizer is fitted on
+the trained users' rows, so it is fitted on the kind of vector it codes in training and
+evaluation, not on the layer-averaged user embeddings (whose norms and codes differ).
 """
 
 from pathlib import Path
@@ -23,7 +30,10 @@ from genrec.artifacts import (
 from genrec.cf.training import split_batches, train_cf_model
 from genrec.data_pipeline.prepared import EvalSet, PreparedData
 from genrec.data_pipeline.streaming import right_aligned
+from genrec.errors import DataError
 
+# 2: the users' vectors are their propagated histories (1: LightGCN's trained user vectors).
+EXPORT_FORMAT = 2
 # A user who has nearly every item could make rejection sampling loop; such clashes are rare
 # enough that a few rounds leave virtually none, and a leftover one only adds a little noise.
 NEGATIVE_RESAMPLE_ROUNDS = 10
@@ -58,14 +68,22 @@ def propagated(history: torch.Tensor, items: torch.Tensor, degree: torch.Tensor)
 
 
 def unseen_users(
-    split: EvalSet, first_user: int, items: np.ndarray, degree: np.ndarray
+    split: EvalSet, first_user: int, items: np.ndarray, degree: np.ndarray, chunk: int = 4096
 ) -> np.ndarray:
-    """`propagated` vectors of users outside the graph; row u - `first_user` holds user u."""
-    history = right_aligned(np.split(split.history, split.offsets[1:-1]))
+    """`propagated` vectors of the split's users from their histories alone (users outside
+    the graph, or trained users from their validation histories); row u - `first_user` holds
+    user u, so the split must hold users first_user.. first_user + its size - 1, once each."""
+    rows = split.users - first_user
+    if not np.array_equal(np.sort(rows), np.arange(split.users.size)):
+        raise DataError(
+            split.name, f"does not hold users {first_user}..{first_user + split.users.size - 1}"
+        )
+    histories = np.split(split.history, split.offsets[1:-1])
     out = np.zeros((split.users.size, items.shape[1]), dtype=np.float32)
-    out[split.users - first_user] = propagated(
-        history, torch.from_numpy(items), torch.from_numpy(degree)
-    ).numpy()
+    vectors, degrees = torch.from_numpy(items), torch.from_numpy(degree)
+    for start in range(0, split.users.size, chunk):
+        history = right_aligned(histories[start : start + chunk])
+        out[rows[start : start + chunk]] = propagated(history, vectors, degrees).numpy()
     return out
 
 
@@ -95,7 +113,8 @@ class LightGCNTrainer:
 
     def __init__(self, data: PreparedData, cfg: DictConfig, rng: np.random.Generator):
         self.cfg, self.rng, self.device = cfg, rng, torch.device(cfg.device)
-        self.num_items, self.num_users, self.holdout = data.num_items, data.num_users, data.holdout
+        self.num_items, self.num_users = data.num_items, data.num_users
+        self.valid, self.holdout = data.valid, data.holdout
         users = np.repeat(np.arange(data.num_users), np.diff(data.train_offsets))
         self.edges = np.unique(users * data.num_items + data.train_items)
         self.users, self.positives = np.divmod(self.edges, data.num_items)
@@ -150,13 +169,14 @@ class LightGCNTrainer:
         return user_vectors[users] @ item_vectors.T
 
     def export(self, out_dir: Path) -> None:
+        """Item vectors and degrees, and the users' vectors of their histories (see above)."""
         with torch.no_grad():
-            user_vectors, item_vectors = self.model(self.graph)
+            item_vectors = self.model(self.graph)[1]
         items = item_vectors.cpu().numpy().astype(np.float32)
-        np.save(out_dir / USER_EMBEDDINGS, user_vectors.cpu().numpy().astype(np.float32))
         np.save(out_dir / ITEM_EMBEDDINGS, items)
         degree = np.bincount(self.positives, minlength=self.num_items)  # distinct users
         np.save(out_dir / ITEM_DEGREES, degree)
+        np.save(out_dir / USER_EMBEDDINGS, unseen_users(self.valid, 0, items, degree))
         if self.holdout is not None:
             unseen = unseen_users(self.holdout, self.num_users, items, degree)
             np.save(out_dir / HOLDOUT_USER_EMBEDDINGS, unseen)
@@ -164,4 +184,4 @@ class LightGCNTrainer:
 
 def train_lightgcn(cfg: DictConfig, data_dir: Path, out_dir: Path) -> Path:
     """Train LightGCN on `data_dir` (or reuse out_dir) and write user/item_embeddings.npy etc."""
-    return train_cf_model("lightgcn", cfg, data_dir, out_dir, LightGCNTrainer)
+    return train_cf_model("lightgcn", cfg, data_dir, out_dir, LightGCNTrainer, EXPORT_FORMAT)

@@ -104,8 +104,10 @@ def fit(
     return best
 
 
-def run_fingerprint(data: PreparedData, model_cfg: DictConfig, seed: int) -> str:
-    return fingerprint(data.manifest["fingerprint"], to_plain(model_cfg), seed)
+def run_fingerprint(
+    data: PreparedData, model_cfg: DictConfig, seed: int, export_format: int
+) -> str:
+    return fingerprint(data.manifest["fingerprint"], to_plain(model_cfg), seed, export_format)
 
 
 def train_cf_model(
@@ -114,8 +116,11 @@ def train_cf_model(
     data_dir: Path,
     out_dir: Path,
     make_trainer: Callable[[PreparedData, DictConfig, np.random.Generator], CFTrainer],
+    export_format: int = 1,
 ) -> Path:
     """Train the model configured at `cfg[name]` (or reuse out_dir) and write its outputs.
+    `export_format` is bumped when the trainer exports other files or vectors of another
+    meaning, so that a folder written before is not reused (the fingerprint holds it).
 
     out_dir gets the trainer's embeddings, model.pt (state dict + what built it), metrics.json
     (best-epoch validation, test with the best weights, popularity) and TensorBoard logs in tb/.
@@ -123,7 +128,7 @@ def train_cf_model(
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     model_cfg = cfg[name]
     data = load_prepared(data_dir)
-    key = run_fingerprint(data, model_cfg, cfg.seed)
+    key = run_fingerprint(data, model_cfg, cfg.seed, export_format)
     if made_with(out_dir / CF_METRICS, key):
         log.info("%s: reused %s (fingerprint %s)", name, out_dir, key)
         return out_dir

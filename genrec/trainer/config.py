@@ -131,11 +131,13 @@ class RetrievalLoss(Enum):
 
 
 class UserTokens(Enum):
-    """Where TokenRec's user tokens come from. `table` is the paper's: the MQ codes of the
-    user's trained LightGCN vector, which saw every training item, so a training example's
-    user tokens already know its target. `history` codes each example's own history,
-    propagated one LightGCN step, in training and evaluation alike (as the paper codes unseen
-    users)."""
+    """Where TokenRec's user tokens come from. `table` is the paper's kind: one fixed set per
+    user, its row of the users' MQ table, coded from its whole training history, so a
+    training example's user tokens already know its target. `history` codes each example's
+    own history, in training and evaluation alike (as the paper codes unseen users). Both
+    code a history propagated one LightGCN step from the trained item vectors, the vectors
+    the users' MQ is fitted on (genrec/cf/lightgcn.py; the paper fits on and codes the
+    trained LightGCN user vectors, whose norms and codes differ from a history's)."""
 
     none = "none"
     table = "table"

@@ -1,8 +1,9 @@
 """TokenRec (Qu, Fan, Zhao and Li, 2024): users and items tokenized by the masked
-vector-quantized tokenizer over LightGCN's embeddings; the encoder reads the user's tokens and
-the history's, and its mean state (or the decoder's first state), projected into the LightGCN
-item space, is the query of a nearest-neighbour search over every item
-(genrec/methods/tokenrec/preference.py): one pass per user, no beam search.
+vector-quantized tokenizer over LightGCN's embeddings (the users' over their histories
+propagated one LightGCN step, the vectors they are coded from; genrec/cf/lightgcn.py); the
+encoder reads the user's tokens and the history's, and its mean state (or the decoder's first
+state), projected into the LightGCN item space, is the query of a nearest-neighbour search
+over every item (genrec/methods/tokenrec/preference.py): one pass per user, no beam search.
 
 Unlike the official code (an LLM prompted with the tokens, a cosine loss with one random
 negative, checkpoints chosen on the test data), genrec keeps its protocol: leave-one-out,

@@ -7,7 +7,10 @@ retrieval head is the mean encoder state (or the decoder's first state) through
 `embedding_adapter` (`GenerativeRecommender.preference`). What it is trained against comes
 from the tokenizer run the ID table belongs to: the item vectors the tokenizer read
 (LightGCN's), and the users' codes, from their MQ table or coded from each example's history
-by the users' MQ tokenizer (`trainer.tokenrec.user_tokens`).
+by the users' MQ tokenizer (`trainer.tokenrec.user_tokens`). Either way the codes are of a
+history propagated one LightGCN step, the vectors the users' MQ was fitted on: a trained
+user's validation history (its training sequence) gives the same vector, and codes, in the
+table and in `HistoryCoder`.
 """
 
 from dataclasses import dataclass
@@ -40,8 +43,9 @@ class UserCoder(Protocol):
 
 @dataclass
 class UserTable:
-    """The paper's user tokens: each user's row of the MQ users' table (a trained user's from
-    its LightGCN vector, a held-out user's from its propagated history)."""
+    """The paper's kind of user tokens: each user's row of the MQ users' table, fixed per
+    user (a trained user's coded from its whole training history, a held-out user's from its
+    history; genrec/cf/lightgcn.py)."""
 
     codes: Tensor
 
@@ -144,10 +148,12 @@ def check_head(model: torch.nn.Module, catalogue: Catalogue) -> None:
 class RetrievalLossFn:
     """The preference vector against the target's item vector and sampled negatives.
 
-    Every example is scored against its own target and the micro-step's `negatives` uniform
-    draws (a draw equal to the target is masked), so an example's loss does not depend on
-    which others share its batch: 1 and 2 workers train alike. The draws come from a generator
-    seeded by the run's seed, the same on every rank."""
+    Every example is scored against its own target and the same `negatives` uniform draws,
+    made once per micro-step and shared by all its examples, for both losses (a draw equal to
+    an example's target is masked in that example's row: left out of the softmax, 0 in the
+    hinge's mean). An example's loss thus does not depend on which others share its batch:
+    1 and 2 workers train alike. The draws come from a generator seeded by the run's seed, the
+    same on every rank."""
 
     catalogue: Catalogue
     loss: RetrievalLoss
