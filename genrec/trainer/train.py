@@ -352,6 +352,7 @@ class Loop:
     def validate(self, writer: SummaryWriter | None) -> dict[str, float]:
         """Validation metrics over all ranks' users, the same on every rank."""
         p, evaluate = self.progress, self.cfg.evaluate
+        started = time.perf_counter()
         self.eval_model.load_state_dict(full_state_dict(self.engine))
         local = split_metrics(
             self.eval_model,
@@ -370,7 +371,11 @@ class Loop:
             for key, value in metrics.items():
                 writer.add_scalar(f"valid/{key}", value, p.step)
         seen = {"samples": p.samples, "tokens": p.tokens, "flops": p.flops}
-        p.history.append({"step": p.step, "epoch": self.epoch(), **seen, **metrics})
+        cost = {
+            "train_seconds": round(p.train_seconds, 1),
+            "valid_seconds": round(time.perf_counter() - started, 1),
+        }
+        p.history.append({"step": p.step, "epoch": self.epoch(), **seen, **cost, **metrics})
         if metrics[SELECT_METRIC] > p.best[SELECT_METRIC]:
             p.best, p.best_step, p.stale = metrics, p.step, 0
             self.best_model.load_state_dict(self.eval_model.state_dict())
