@@ -2,7 +2,8 @@
 
 Command:
     python benchmarks/converged.py DATASET [--methods tiger letter ...] [--seeds 0 1]
-        [--tag NAME] [--root runs/converged] [--cap 200] [--patience 8] [key=value ...]
+        [--tag NAME] [--root runs/converged] [--cap 200] [--patience 5] [--validate-every 2]
+        [key=value ...]
 
 1. SASRec is tuned first: every point of `SASREC_GRID` (learning rate, dropout, width, history
    length) trains with its own early stopping (`sasrec.patience` validations, one every
@@ -10,7 +11,8 @@ Command:
    NDCG@10 is the table's SASRec. (Each point's trainer reads the test split too; only the
    winner's figures are reported.)
 2. Each method and seed runs `genrec evaluate` under `STUDY`: validation on a fixed sample of
-   2,000 users once an epoch, the run stopping after `--patience` validations without a better
+   2,000 users every `--validate-every` epochs (2; on Scientific a validation costs about as
+   much as an epoch), the run stopping after `--patience` validations without a better
    NDCG@10 (at most `--cap` epochs; a run that reaches the cap is marked), a constant learning
    rate after warm-up (so the cap does not shape the schedule), the causal encoder (more
    quality per unit of wall time on Scientific and Office, BENCHMARKS.md "Causal encoder";
@@ -89,17 +91,19 @@ def tune_sasrec(dataset: str, root: Path, seed: int) -> dict[str, Any]:
 
 
 def share_stages(root: Path, dataset: str, run_dir: Path, sasrec: Any) -> None:
-    """Copies what other runs of the dataset already computed: the data and text features, and
-    the SASRec grid's point with the run's `sasrec` settings (its baseline). A stage is only
-    reused where its fingerprint matches the run's config."""
+    """Copies what other runs of the dataset already computed: the data, the text features,
+    LightGCN, and the SASRec grid's point with the run's `sasrec` settings (its baseline and
+    LETTER's input). A stage is only reused where its fingerprint matches the run's config."""
     grid = root / dataset / "sasrec"
-    for source in [grid, *sorted((root / dataset / "runs").glob("*"))]:
-        for stage in ("data", "features"):
-            if (source / stage).is_dir() and not (run_dir / stage).exists():
-                shutil.copytree(source / stage, run_dir / stage)
     point = grid / point_name({key: sasrec[key] for key in SASREC_GRID})
-    if point.is_dir() and not (run_dir / "sasrec").exists():
-        shutil.copytree(point, run_dir / "sasrec")
+    shared = {artifacts.DATA: grid / artifacts.DATA, artifacts.SASREC: point}
+    for other in sorted((root / dataset / "runs").glob("*")):
+        for stage in (artifacts.TEXT_FEATURES, artifacts.LIGHTGCN):
+            if (other / stage).is_dir():
+                shared.setdefault(stage, other / stage)
+    for stage, source in shared.items():
+        if source.is_dir() and not (run_dir / stage).exists():
+            shutil.copytree(source, run_dir / stage)
 
 
 def method_overrides(method: str, seed: int, args: argparse.Namespace, run_dir: Path) -> list:
@@ -132,7 +136,7 @@ def run_method(dataset: str, method: str, seed: int, args: argparse.Namespace) -
     run_dir.mkdir(parents=True, exist_ok=True)
     share_stages(args.root, dataset, run_dir, cfg.sasrec)
     per_epoch = train_examples(stages.data(cfg), cfg.trainer.data_fraction, cfg.seed)
-    steps = max(1, math.ceil(per_epoch / cfg.trainer.batch_size))
+    steps = max(1, math.ceil(per_epoch * args.validate_every / cfg.trainer.batch_size))
     schedule = [f"trainer.eval_every={steps}"]
     if cfg.finetune.epochs:  # the method fine-tunes: that stage runs to its plateau too
         schedule.append(f"finetune.epochs={args.cap}")
@@ -288,7 +292,8 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="names a variant's runs (with its overrides)")
     parser.add_argument("--root", type=Path, default=Path("runs/converged"))
     parser.add_argument("--cap", type=int, default=200, help="most epochs of a method run")
-    parser.add_argument("--patience", type=int, default=8, help="validations without progress")
+    parser.add_argument("--patience", type=int, default=5, help="validations without progress")
+    parser.add_argument("--validate-every", type=float, default=2, help="epochs between them")
     parser.add_argument("overrides", nargs="*", help="key=value for every method run")
     args = parser.parse_args()
     args.root = args.root.resolve()

@@ -1,0 +1,139 @@
+"""Where a generative run loses its quality, measured on validation users (never the test).
+
+Command:
+    python benchmarks/diagnose.py RUN_DIR [--users 2000] [--beams 10 20 50]
+
+For a finished `genrec run` folder (its config read back from metrics.json), on a fixed seeded
+sample of validation users:
+- **code accuracy**: teacher-forced, the share of targets whose code at each level is the
+  decoder's argmax given the true earlier codes (level 0 is the hardest choice: which region
+  of the catalogue);
+- **oracle recall**: recall@1/5/10 with the target's true first code given, i.e. the target's rank
+  among the items sharing its first code, scored by the model's log-probability of their
+  remaining codes. The gap to beam search's recall is what the first level loses;
+- **beam size**: recall and NDCG@10 of beam search at each `--beams` width;
+- **collisions**: items per first code, and the share of items whose L codes (the dedup code
+  aside) another item shares.
+Writes RUN_DIR/diagnosis.json and prints the figures.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genrec import stages
+from genrec.config import config_from_dict
+from genrec.data_pipeline.prepared import load_eval_set
+from genrec.methods import method_spec
+from genrec.metrics import ranking_metrics, ranks_in_lists
+from genrec.provenance import code_version, write_json
+from genrec.trainer.checkpoint import load_model
+from genrec.trainer.evaluate import eval_batches
+from genrec.trainer.item_codes import ItemCodes
+from genrec.trainer.ranking import BeamSearchRanker
+
+PAIRS_PER_PASS = 4096  # (user, candidate) rows teacher-forced at once
+
+
+def code_accuracy(model, batch) -> torch.Tensor:
+    """Correct argmax codes per level [L+1] summed over the batch."""
+    logits = model(batch.history_codes, batch.target_codes, batch.user)
+    return (logits.argmax(-1) == batch.target_codes).sum(0)
+
+
+def oracle_ranks(model, batch, table: torch.Tensor) -> np.ndarray:
+    """Each target's 0-based rank among the items sharing its first code, by the summed
+    log-probability of the later codes (ties counted against the target)."""
+    first = table[:, 0]
+    ranks = []
+    for row in range(batch.target.size(0)):
+        candidates = torch.nonzero(first == batch.target_codes[row, 0]).squeeze(1)
+        scores = []
+        for chunk in candidates.split(PAIRS_PER_PASS):
+            history = batch.history_codes[row].expand(chunk.size(0), -1, -1)
+            user = batch.user[row].expand(chunk.size(0))
+            codes = table[chunk]
+            logp = model(history, codes, user).float().log_softmax(-1)
+            scores.append(logp.gather(2, codes[..., None]).squeeze(2)[:, 1:].sum(1))
+        score = torch.cat(scores)
+        target = score[candidates == batch.target[row]]
+        ranks.append(int((score > target).sum() + (score == target).sum() - 1))
+    return np.array(ranks)
+
+
+def collisions(table: torch.Tensor) -> dict[str, float]:
+    codes = table[:, :-1].numpy()
+    _, first_counts = np.unique(codes[:, 0], return_counts=True)
+    _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+    return {
+        "items_per_first_code": float(first_counts.mean()),
+        "largest_first_code": int(first_counts.max()),
+        "items_sharing_their_codes": float((counts[inverse.ravel()] > 1).mean()),
+    }
+
+
+@torch.no_grad()
+def diagnose(run_dir: Path, users: int, beams: list[int]) -> dict:
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    cfg = config_from_dict(saved["config"])
+    method = method_spec(cfg.method)
+    checkpoint, tables = stages.trained_model(cfg)
+    model, _ = load_model(checkpoint, method.build_model, "cpu")
+    model.eval()
+    data_dir = stages.data(cfg)
+    valid = load_eval_set(data_dir, "valid").subsample(users, cfg.seed)
+    num_items = int(json.loads((data_dir / "manifest.json").read_text())["num_items"])
+    codes = ItemCodes.load(tables, num_items, model.config.codebook_size)
+    ranker = method.ranker(cfg, codes, tables)
+    if not isinstance(ranker, BeamSearchRanker):
+        raise SystemExit(f"{cfg.method} does not decode by beam search: nothing to diagnose")
+    table = codes.group(0)
+    correct, oracle, beam_ranks = 0, [], {k: [] for k in beams}
+    for rows, batch in eval_batches(valid, codes, cfg.evaluate.batch_size, desc="diagnose"):
+        correct = correct + code_accuracy(model, batch)
+        oracle.append(oracle_ranks(model, batch, table))
+        for k in beams:
+            items = ranker.top_k(model, batch, k).numpy()
+            beam_ranks[k].append(ranks_in_lists(items, valid.targets[rows]))
+    oracle_metrics = ranking_metrics(np.concatenate(oracle), (1, 5, 10))
+    return {
+        "run_dir": str(run_dir),
+        "method": cfg.method,
+        "validation_users": int(valid.targets.size),
+        "code_accuracy": (correct.float() / valid.targets.size).tolist(),
+        "oracle_first_code": {k: v for k, v in oracle_metrics.items() if k.startswith("recall")},
+        "beam": {
+            k: ranking_metrics(np.concatenate(r), (10,)) for k, r in sorted(beam_ranks.items())
+        },
+        "collisions": collisions(table),
+        "code": code_version(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--users", type=int, default=2000, help="validation users (0: all)")
+    parser.add_argument("--beams", type=int, nargs="+", default=[10, 20, 50])
+    args = parser.parse_args()
+    result = diagnose(args.run_dir.resolve(), args.users, args.beams)
+    write_json(args.run_dir / "diagnosis.json", result)
+    levels = ", ".join(f"{a:.3f}" for a in result["code_accuracy"])
+    print(f"{result['method']} on {result['validation_users']} validation users")
+    print(f"teacher-forced code accuracy per level: {levels}")
+    oracle = result["oracle_first_code"]
+    print("oracle (true first code) " + "  ".join(f"{k} {v:.4f}" for k, v in oracle.items()))
+    for k, metrics in result["beam"].items():
+        print(f"beam {k:>3}: recall@10 {metrics['recall@10']:.4f} ndcg@10 {metrics['ndcg@10']:.4f}")
+    print("collisions: " + ", ".join(f"{k} {v:g}" for k, v in result["collisions"].items()))
+    print(f"\ncommand: python {' '.join(sys.argv)}\nresults: {args.run_dir / 'diagnosis.json'}")
+
+
+if __name__ == "__main__":
+    main()
