@@ -219,17 +219,21 @@ def table_rows(runs: list[dict], sasrec: dict) -> list[dict[str, Any]]:
                 "epochs": ", ".join(f"{t['epochs']:g}" for t in train),
                 "hit cap": any(t["hit_cap"] for t in train),
                 "examples": sum(t["samples"] for t in train) // len(train),
-                "wall s": round(sum(t["seconds"] for t in train) / len(train)),
+                "train+valid s": round(sum(t["seconds"] for t in train) / len(train)),
                 "s/epoch": train[0]["seconds_per_epoch"],
                 "s/validation": train[0]["seconds_per_validation"],
             }
         )
     best = sasrec["best"]
-    rows.append({"model": f"SASRec tuned ({point_name(best['point'])})", **best["test"]})
-    rows[-1]["valid ndcg@10"] = best["valid"][SELECT]
+    rows.append({"model": f"SASRec tuned ({point_name(best['point'])})", **quality(best)})
     if runs:
-        rows.append({"model": "popularity", **runs[0]["popularity"]["test"]})
+        rows.append({"model": "popularity", **quality(runs[0]["popularity"])})
     return rows
+
+
+def quality(result: dict[str, dict[str, float]]) -> dict[str, float]:
+    """A baseline's test figures in the table's columns, and its validation NDCG@10."""
+    return {**{c: result["test"][c] for c in COLUMNS}, "valid ndcg@10": result["valid"][SELECT]}
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -245,7 +249,9 @@ def _cell(key: str, value: Any) -> str:
         return ""
     if key.startswith("gain"):
         return f"{value:+.1%}"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:.1f}" if key.startswith("s/") else f"{value:.4f}"
+    return str(value)
 
 
 def plot(runs: list[dict], path: Path) -> None:
@@ -295,7 +301,7 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=5, help="validations without progress")
     parser.add_argument("--validate-every", type=float, default=2, help="epochs between them")
     parser.add_argument("overrides", nargs="*", help="key=value for every method run")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     args.root = args.root.resolve()
     sasrec = tune_sasrec(args.dataset, args.root, seed=0)
     for method, seed in itertools.product(args.methods, args.seeds):

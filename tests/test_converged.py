@@ -53,7 +53,7 @@ def _run(name: str, recall: float, hit_cap: bool = False) -> dict:
         "seconds_per_epoch": 3.0,
         "seconds_per_validation": 1.0,
     }
-    popularity = {"test": dict.fromkeys(test, 0.01)}
+    popularity = {"test": dict.fromkeys(test, 0.01), "valid": {"ndcg@10": 0.01}}
     return {
         "name": name,
         "test": test,
@@ -71,7 +71,8 @@ def test_rows_average_seeds_and_measure_gains_against_tiger():
         _run("letter-small-s0", 0.099),
     ]
     point = {"lr": 0.001, "dropout": 0.5, "hidden": 64, "max_len": 20}
-    sasrec = {"best": {"point": point, "test": {"recall@10": 0.2}, "valid": {"ndcg@10": 0.4}}}
+    test = {"recall@5": 0.1, "recall@10": 0.2, "ndcg@5": 0.1, "ndcg@10": 0.1, "recall@20": 0.3}
+    sasrec = {"best": {"point": point, "test": test, "valid": {"ndcg@10": 0.4}}}
     rows = {row["model"]: row for row in converged.table_rows(runs, sasrec)}
     tiger, letter = rows["genrec tiger"], rows["genrec letter"]
     assert tiger["seeds"] == 2 and tiger["recall@10"] == pytest.approx(0.11)
@@ -79,6 +80,7 @@ def test_rows_average_seeds_and_measure_gains_against_tiger():
     assert letter["gain over tiger"] == pytest.approx(0.10) and letter["hit cap"]
     assert rows["genrec letter-small"]["gain over tiger"] == pytest.approx(-0.10)
     assert rows["SASRec tuned (lr0.001-dropout0.5-hidden64-max_len20)"]["recall@10"] == 0.2
-    assert "popularity" in rows
+    assert "recall@20" not in rows["SASRec tuned (lr0.001-dropout0.5-hidden64-max_len20)"]
+    assert rows["popularity"]["valid ndcg@10"] == 0.01
     table = converged.markdown(list(rows.values()))
     assert "+10.0%" in table and "-10.0%" in table
