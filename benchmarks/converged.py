@@ -254,8 +254,11 @@ def _cell(key: str, value: Any) -> str:
     return str(value)
 
 
-def plot(runs: list[dict], path: Path) -> None:
+def plot(runs: list[dict], sasrec: dict, path: Path) -> None:
     figure, (by_samples, by_seconds) = plt.subplots(1, 2, figsize=(13, 5))
+    for ax in (by_samples, by_seconds):
+        best = sasrec["best"]["valid"][SELECT]
+        ax.axhline(best, color="grey", linestyle="--", label="SASRec tuned")
     for run in runs:
         curve = run["training"]["curve"]
         values = [point[SELECT] for point in curve]
@@ -282,7 +285,7 @@ def write_results(folder: Path, runs: list[dict], sasrec: dict, command: str) ->
         writer = csv.DictWriter(out, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
         writer.writerows(rows)
-    plot(runs, folder / "curves.png")
+    plot(runs, sasrec, folder / "curves.png")
     return table
 
 
