@@ -9,12 +9,10 @@ import torch
 
 from genrec.artifacts import ITEM_EMBEDDINGS, USER_EMBEDDINGS
 from genrec.cf import lightgcn
-from genrec.cf.lightgcn import (
-    normalized_adjacency,
-    train_lightgcn,
-)
+from genrec.cf.lightgcn import LightGCNTrainer, normalized_adjacency, train_lightgcn
 from genrec.config import load_config
 from genrec.data_pipeline.prepare import prepare
+from genrec.data_pipeline.prepared import load_prepared
 
 
 def _config(run_dir: Path, *overrides: str):
@@ -93,3 +91,24 @@ def test_unseen_users_are_one_propagation_step_from_their_items():
     first = items[0] / np.sqrt(3 * 2) + items[2] / np.sqrt(3 * 4) + items[4] / np.sqrt(3 * 3)
     np.testing.assert_allclose(out[0], first, rtol=1e-6)
     np.testing.assert_allclose(out[1], items[5] / np.sqrt(1 * 1), rtol=1e-6)
+
+
+def test_training_is_deterministic_on_two_threads(trained):
+    """Two trainings from one seed give identical vectors with 2 torch threads: the batch's
+    rows are gathered by F.embedding, whose backward (unlike indexing's, which adds in thread
+    order on CPU) does not depend on how the threads split the batch."""
+    data_dir, _ = trained
+    cfg = _config(data_dir.parent, "lightgcn.batch_size=4096")
+    data = load_prepared(data_dir)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        vectors = []
+        for _ in range(2):
+            torch.manual_seed(0)
+            trainer = LightGCNTrainer(data, cfg.lightgcn, np.random.default_rng(0))
+            trainer.train_epoch()
+            vectors.append(trainer.model(trainer.graph)[1].detach())
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(vectors[0], vectors[1])

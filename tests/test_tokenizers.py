@@ -13,7 +13,7 @@ from genrec.config import load_config
 from genrec.errors import ConfigError, DataError
 from genrec.tokenizers.checkpoints import build_tokenizer, load_tokenizer, save_tokenizer
 from genrec.tokenizers.config import TokenizerConfig
-from genrec.tokenizers.quantizer import rotate_to
+from genrec.tokenizers.quantizer import Codebook, rotate_to
 from genrec.tokenizers.tokenize import tokenize
 
 CLUSTERS = 8
@@ -73,6 +73,25 @@ def test_rotation_trick_keeps_value_and_passes_gradient():
     assert torch.allclose(out, q, atol=1e-5)
     out.pow(2).sum().backward()
     assert x.grad.abs().sum() > 0
+
+
+def test_codebook_gradient_is_deterministic_on_two_threads():
+    """The codewords' gradient over a large batch is the same twice with 2 torch threads
+    (F.embedding's backward; indexing's adds in thread order and differs run to run)."""
+    torch.manual_seed(0)
+    codebook = Codebook(64, 8, ema=False, ema_decay=0.99, rotation_trick=False)
+    x = torch.randn(16384, 8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(3):
+            codebook.zero_grad()
+            codebook(x)[2].sum().backward()
+            grads.append(codebook.weight.grad.clone())
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
 
 
 def test_mq_encoders_receive_gradient():

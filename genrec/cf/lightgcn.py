@@ -157,8 +157,16 @@ class LightGCNTrainer:
     ) -> torch.Tensor:
         """BPR plus L2 on the layer-0 embeddings the batch touches (as the paper does)."""
         user_vectors, item_vectors = self.model(self.graph)
-        u = user_vectors[users]
-        preference = (u * item_vectors[positives]).sum(-1) - (u * item_vectors[negatives]).sum(-1)
+        # F.embedding, not indexing: the backward of indexing adds in thread order on CPU.
+        u, positive, negative = (
+            F.embedding(index, table)
+            for index, table in (
+                (users, user_vectors),
+                (positives, item_vectors),
+                (negatives, item_vectors),
+            )
+        )
+        preference = (u * positive).sum(-1) - (u * negative).sum(-1)
         ego = (self.model.users(users), self.model.items(positives), self.model.items(negatives))
         l2 = sum(e.pow(2).sum() for e in ego) / (2 * users.numel())
         return -F.logsigmoid(preference).mean() + self.cfg.weight_decay * l2

@@ -174,8 +174,9 @@ class SASRecTrainer:
         if self.cfg.loss == SASRecLoss.ce:
             return F.cross_entropy(hidden @ items.T, targets)
         negatives = torch.randint(0, items.shape[0], targets.shape, device=self.device)
-        positive = (hidden * items[targets]).sum(-1)
-        negative = (hidden * items[negatives]).sum(-1)
+        # F.embedding, not indexing: the backward of indexing adds in thread order on CPU.
+        positive = (hidden * F.embedding(targets, items)).sum(-1)
+        negative = (hidden * F.embedding(negatives, items)).sum(-1)
         return F.binary_cross_entropy_with_logits(
             torch.cat([positive, negative]),
             torch.cat([torch.ones_like(positive), torch.zeros_like(negative)]),

@@ -64,7 +64,7 @@ class Codebook(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(output carrying gradient to x, codes, codebook + commitment loss without its weight)."""
         codes, _ = nearest(x.detach(), self.weight.detach())
-        q = self.weight[codes]
+        q = F.embedding(codes, self.weight)  # indexing's backward is not deterministic on CPU
         if self.ema and self.training:
             self._ema_update(x.detach(), codes)
         codebook_loss = 0.0 if self.ema else F.mse_loss(q, x.detach())

@@ -118,9 +118,7 @@ def _next_items(
     return np.where(u < p1, cat.successor[cur], chosen)
 
 
-def _drift(
-    cat: Catalog, cfg: SyntheticConfig, taste: np.ndarray, rng: np.random.Generator
-) -> None:
+def _drift(cat: Catalog, cfg: SyntheticConfig, taste: np.ndarray, rng: np.random.Generator) -> None:
     """Replaces one favourite of a `taste_drift` share of the users, in place."""
     n, k = taste.shape
     moved = np.flatnonzero(rng.random(n) < cfg.taste_drift)

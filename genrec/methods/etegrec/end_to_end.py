@@ -97,7 +97,8 @@ def level_logits(
             (residual**2).sum(-1, keepdim=True) - 2 * residual @ weight.T + (weight**2).sum(-1)
         )
         out.append(-distance / temperature)
-        step = residual - weight[distance.detach().argmin(-1)]
+        # F.embedding, not indexing: the backward of indexing adds in thread order on CPU.
+        step = residual - F.embedding(distance.detach().argmin(-1), weight)
         residual = step if through_all else step.detach()
     return torch.stack(out, dim=1)
 
