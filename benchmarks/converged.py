@@ -90,15 +90,18 @@ def tune_sasrec(dataset: str, root: Path, seed: int) -> dict[str, Any]:
     return {"grid": SASREC_GRID, "points": points, "best": best}
 
 
-def share_stages(root: Path, dataset: str, run_dir: Path, sasrec: Any) -> None:
+def share_stages(root: Path, dataset: str, run_dir: Path, cfg: Any) -> None:
     """Copies what other runs of the dataset already computed: the data, the text features,
-    LightGCN, and the SASRec grid's point with the run's `sasrec` settings (its baseline and
-    LETTER's input). A stage is only reused where its fingerprint matches the run's config."""
+    LightGCN, the SASRec grid's point with the run's `sasrec` settings (its baseline and
+    LETTER's input), and the tokenizer of a run of the same method and seed (a variant's).
+    A stage is only reused where its fingerprint matches the run's config."""
     grid = root / dataset / "sasrec"
-    point = grid / point_name({key: sasrec[key] for key in SASREC_GRID})
+    point = grid / point_name({key: cfg.sasrec[key] for key in SASREC_GRID})
     shared = {artifacts.DATA: grid / artifacts.DATA, artifacts.SASREC: point}
     for other in sorted((root / dataset / "runs").glob("*")):
-        for stage in (artifacts.TEXT_FEATURES, artifacts.LIGHTGCN):
+        same = other.name.startswith(f"{cfg.method}-") and other.name.endswith(f"-s{cfg.seed}")
+        stages_of = (artifacts.TEXT_FEATURES, artifacts.LIGHTGCN)
+        for stage in (*stages_of, artifacts.TOKENIZER) if same else stages_of:
             if (other / stage).is_dir():
                 shared.setdefault(stage, other / stage)
     for stage, source in shared.items():
@@ -134,7 +137,7 @@ def run_method(dataset: str, method: str, seed: int, args: argparse.Namespace) -
     files = preset(dataset)
     cfg = load_config(files, overrides)
     run_dir.mkdir(parents=True, exist_ok=True)
-    share_stages(args.root, dataset, run_dir, cfg.sasrec)
+    share_stages(args.root, dataset, run_dir, cfg)
     per_epoch = train_examples(stages.data(cfg), cfg.trainer.data_fraction, cfg.seed)
     steps = max(1, math.ceil(per_epoch * args.validate_every / cfg.trainer.batch_size))
     schedule = [f"trainer.eval_every={steps}"]
