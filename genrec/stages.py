@@ -19,7 +19,7 @@ from genrec.errors import ConfigError
 from genrec.methods import method_spec
 from genrec.provenance import atomic_file, write_json
 from genrec.report import write_run_report
-from genrec.tokenizers.config import TokenizerInput, TokenizerName
+from genrec.tokenizers.config import TokenizerInput, TokenizerName, catalogue_codebook_size
 
 # Below this share of items with text, a dataset's text does not tell its items apart.
 MIN_TEXT_SHARE = 0.5
@@ -29,7 +29,18 @@ log = logging.getLogger(__name__)
 
 
 def data(cfg: DictConfig) -> Path:
-    return prepare(cfg)
+    """The prepared data; it also sizes what follows the catalogue and is left unset in `cfg`
+    (`tokenizer.codebook_size`), so every later stage reads one value."""
+    out = prepare(cfg)
+    if cfg.tokenizer.codebook_size is None:
+        items = load_manifest(out)["num_items"]
+        cfg.tokenizer.codebook_size = catalogue_codebook_size(items)
+        log.info(
+            "tokenizer.codebook_size (unset): %d codes per level for %d items",
+            cfg.tokenizer.codebook_size,
+            items,
+        )
+    return out
 
 
 def text_features(cfg: DictConfig) -> Path:

@@ -55,6 +55,21 @@ def test_mq_tokenizes_users_and_items_from_lightgcn(run_dir):
     )
 
 
+def test_codebook_size_follows_a_small_catalogue(tmp_path, caplog):
+    """Unset, the codebook is sized to the catalogue by the data stage, said in the log, and
+    the tokenizer and the model read that one size."""
+    unset = [o for o in TINY if not o.startswith("tokenizer.codebook_size")]
+    cfg = load_config([], [f"run_dir={tmp_path}", *unset])
+    with caplog.at_level(logging.INFO):
+        stages.data(cfg)
+    items = json.loads((tmp_path / "data" / "manifest.json").read_text())["num_items"]
+    assert 64 <= items < 128 and cfg.tokenizer.codebook_size == 32
+    assert f"32 codes per level for {items} items" in caplog.text
+    report = json.loads((stages.tokenize(cfg) / "report.json").read_text())
+    assert report["items"]["codebook_size"] == 32
+    assert report["config"]["tokenizer"]["codebook_size"] == 32
+
+
 def genrec(*args: str) -> subprocess.CompletedProcess:
     done = subprocess.run(
         [sys.executable, "-m", "genrec", *args], capture_output=True, text=True, timeout=900

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from genrec.config import load_config
 from genrec.errors import ConfigError, DataError
 from genrec.tokenizers.checkpoints import build_tokenizer, load_tokenizer, save_tokenizer
-from genrec.tokenizers.config import TokenizerConfig
+from genrec.tokenizers.config import TokenizerConfig, catalogue_codebook_size
 from genrec.tokenizers.quantizer import Codebook, rotate_to
 from genrec.tokenizers.tokenize import tokenize
 
@@ -206,6 +206,12 @@ def test_sinkhorn_collision_mode(tmp_path, vectors_dir):
     codes = np.array(pq.read_table(out / "items" / "semantic_ids.parquet")["codes"].to_pylist())
     assert len({tuple(r) for r in codes[:, :3].tolist()}) == len(codes)
     assert (codes[:, 3] == 0).all()
+
+
+def test_codebook_size_of_a_catalogue():
+    """256 codes a level from 512 items; below, a power of two at most half the items."""
+    sizes = {n: catalogue_codebook_size(n) for n in (2, 5, 147, 511, 512, 578, 12_101)}
+    assert sizes == {2: 2, 5: 2, 147: 64, 511: 128, 512: 256, 578: 256, 12_101: 256}
 
 
 def test_bad_vectors(tmp_path):

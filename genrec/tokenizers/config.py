@@ -23,6 +23,17 @@ class TokenizerInput(Enum):
     lightgcn = "lightgcn"
 
 
+# TIGER's codes per level, the size where `codebook_size` is unset and the catalogue is large.
+CODEBOOK_SIZE = 256
+
+
+def catalogue_codebook_size(items: int) -> int:
+    """Codes per level for a catalogue: TIGER's 256, or under 512 items the largest power of
+    two at most half of them, so that a first-level code groups two items or more on average
+    (a codebook the catalogue's size would give each item a code of its own, or not fit)."""
+    return max(2, min(CODEBOOK_SIZE, 1 << ((items // 2).bit_length() - 1)))
+
+
 class CollisionMode(Enum):
     dedup = "dedup"
     sinkhorn = "sinkhorn"
@@ -68,7 +79,9 @@ class TokenizerConfig:
         TokenizerInput.auto, "item vectors: auto, text, sasrec, lightgcn"
     )
     num_levels: int = option(3, "codes per semantic ID (before the dedup code)")
-    codebook_size: int = option(256, "codes per level")
+    codebook_size: int | None = option(
+        None, "codes per level (null: 256, or fewer for a catalogue under 512 items)"
+    )
     hidden_dims: list[int] = option([512, 256, 128], "encoder MLP widths (decoder mirrors them)")
     latent_dim: int = option(32, "width of the quantized latent")
     dropout: float = option(0.0, "dropout in the encoder and decoder")
@@ -109,7 +122,8 @@ class TokenizerConfig:
         device_name(self, "device")
         at_least(self, 1, "num_levels", "latent_dim", "kmeans_iters", "epochs", "batch_size")
         at_least(self, 1, "keep_epochs", "keep_every", "tables", "sinkhorn_iters")
-        at_least(self, 2, "codebook_size")
+        if self.codebook_size is not None:
+            at_least(self, 2, "codebook_size")
         at_least(self, 0, "commitment", "weight_decay")
         positive(self, "lr", "sinkhorn_epsilon")
         _share(self, "dropout", "ema_decay", "collapse_warning_usage")

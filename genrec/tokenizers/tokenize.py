@@ -87,6 +87,11 @@ def load_vectors(path: Path, expected_rows: int | None = None) -> np.ndarray:
 
 
 def _check_sizes(cfg: DictConfig, rows: int) -> None:
+    if cfg.tokenizer.codebook_size is None:
+        raise ConfigError(
+            "config key 'tokenizer.codebook_size' is unset: the data stage (genrec.stages.data) "
+            "sizes it to the catalogue; give a size to tokenize without it"
+        )
     if cfg.tokenizer.codebook_size > rows:
         raise ConfigError(
             f"config key 'tokenizer.codebook_size' ({cfg.tokenizer.codebook_size}) is larger than "
