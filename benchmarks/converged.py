@@ -18,7 +18,9 @@ Command:
    quality per unit of wall time on Scientific and Office, BENCHMARKS.md "Causal encoder";
    TokenRec's history-coded user tokens need the bidirectional one), then the test read once
    with the selected model. The key=value overrides apply to every method run; `--tag`
-   names a variant (e.g. `--tag small trainer.model.preset=small`).
+   names a variant (e.g. `--tag small trainer.model.preset=small`). A method with a
+   curriculum (MTGRec) has its stages in the official proportions scaled to the epochs TIGER
+   of the same seed took to its best validation, so TIGER runs first.
 3. Writes ROOT/DATASET/converged.json and .csv (every finished run in the folder, the tuned
    SASRec and popularity) and curves.png (validation NDCG@10 against examples seen and
    against wall time), and prints the table.
@@ -63,6 +65,9 @@ STUDY = ["evaluate.valid_users=2000", "trainer.min_lr_ratio=1.0"]
 # TokenRec codes each prefix's user tokens from that prefix, which one causal pass cannot do.
 BIDIRECTIONAL = {"tokenrec"}
 RUN_RECORD = "converged_run.json"
+# MTGRec's pretrain.sh: a warm-up of 30% of the 200 epochs, then 6 stages of 10% each.
+CURRICULUM_SHAPE = (0.3, 0.1)
+CURRICULUM_STAGES = 6
 
 
 def preset(dataset: str) -> list[Path]:
@@ -143,6 +148,10 @@ def run_method(dataset: str, method: str, seed: int, args: argparse.Namespace) -
     schedule = [f"trainer.eval_every={steps}"]
     if cfg.finetune.epochs:  # the method fine-tunes: that stage runs to its plateau too
         schedule.append(f"finetune.epochs={args.cap}")
+    if cfg.trainer.curriculum.stage_epochs:
+        tiger = tiger_best_epoch(args.root / dataset, seed, per_epoch, cfg.trainer.batch_size)
+        stages_at = curriculum_stages(tiger)
+        schedule.append(f"trainer.curriculum.stage_epochs=[{','.join(map(str, stages_at))}]")
     cfg = load_config(files, [*overrides, *schedule])
     started = time.perf_counter()
     metrics = json.loads(stages.evaluate(cfg).read_text())
@@ -161,6 +170,26 @@ def run_method(dataset: str, method: str, seed: int, args: argparse.Namespace) -
     }
     write_json(record, done)
     return done
+
+
+def tiger_best_epoch(folder: Path, seed: int, per_epoch: int, batch_size: int) -> float:
+    """The epoch at which TIGER (same data, same seed) validated best."""
+    record = folder / "runs" / f"tiger-s{seed}" / RUN_RECORD
+    if not record.exists():
+        raise SystemExit(
+            f"a curriculum is scaled to TIGER's plateau: run --methods tiger --seeds {seed} "
+            f"first ({record} is missing)"
+        )
+    best = json.loads(record.read_text())["training"]["best"]
+    return best["step"] * batch_size / per_epoch
+
+
+def curriculum_stages(plateau: float) -> list[int]:
+    """MTGRec's curriculum in its official proportions (a 60-epoch warm-up, then six 20-epoch
+    stages, of 200 epochs) over the epochs TIGER took to its plateau: the stages then fall
+    while the model still learns, not after early stopping has ended the run."""
+    warmup, stage = (max(1, round(share * plateau)) for share in CURRICULUM_SHAPE)
+    return [warmup] + [stage] * CURRICULUM_STAGES
 
 
 def training_record(run_dir: Path, cap: int) -> dict[str, Any]:

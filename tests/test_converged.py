@@ -84,3 +84,16 @@ def test_rows_average_seeds_and_measure_gains_against_tiger():
     assert rows["popularity"]["valid ndcg@10"] == 0.01
     table = converged.markdown(list(rows.values()))
     assert "+10.0%" in table and "-10.0%" in table
+
+
+def test_the_curriculum_is_scaled_to_tigers_plateau(tmp_path):
+    """MTGRec's stages keep the official 60 + 6 x 20 shape over the epochs TIGER took."""
+    with pytest.raises(SystemExit, match="run --methods tiger --seeds 1 first"):
+        converged.tiger_best_epoch(tmp_path, 1, per_epoch=1000, batch_size=100)
+    record = tmp_path / "runs" / "tiger-s1" / converged.RUN_RECORD
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"training": {"best": {"stage": "train", "step": 400}}}))
+    plateau = converged.tiger_best_epoch(tmp_path, 1, per_epoch=1000, batch_size=100)
+    assert plateau == 40.0
+    assert converged.curriculum_stages(plateau) == [12, 4, 4, 4, 4, 4, 4]
+    assert converged.curriculum_stages(200) == [60, 20, 20, 20, 20, 20, 20]
