@@ -1,24 +1,48 @@
 """Full-ranking metrics with one target per user: Recall@K (= hit rate) and NDCG@K."""
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 
 KS = (1, 5, 10, 20)
-SCORE_BATCH = 1024
+USER_BATCH = 1024
+# Items scored at once: a [USER_BATCH, ITEM_CHUNK] float block is 64 MiB.
+ITEM_CHUNK = 16_384
 
 
-def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """0-based rank of each target among all items, ties broken against the target: every
-    other item scoring at least as high comes first, so a model that scores items alike (the
-    popularity baseline's integer counts, a collapsed model) gains nothing from the ties.
-
-    NaN scores count as the lowest, so a diverged model cannot look perfect.
+def dot_product_ranks(
+    queries: torch.Tensor,
+    items: torch.Tensor,
+    targets: torch.Tensor,
+    user_batch: int = USER_BATCH,
+    item_chunk: int = ITEM_CHUNK,
+) -> np.ndarray:
+    """0-based rank of each target among all items under the scores queries @ items.T, scored
+    one block of users by one block of items at a time, so memory grows with the blocks, not
+    with users x items. Ties are broken against the target: every other item scoring at least
+    as high comes first, so a model that scores items alike (a collapsed model) gains nothing
+    from the ties. NaN scores count as the lowest, so a diverged model cannot look perfect.
     """
-    scores = torch.nan_to_num(scores, nan=float("-inf"))
-    target_scores = scores.gather(1, targets[:, None])
-    return (scores >= target_scores).sum(dim=1) - 1 + torch.isneginf(target_scores[:, 0])
+    ranks = []
+    for rows in torch.arange(len(queries)).split(user_batch):
+        query, target = queries[rows], targets[rows].to(queries.device)
+        own = torch.nan_to_num((query * items[target]).sum(-1), nan=float("-inf"))
+        above = torch.isneginf(own).long()  # a target scored NaN or -inf ranks last
+        for start in range(0, len(items), item_chunk):
+            scores = torch.nan_to_num(query @ items[start : start + item_chunk].T, nan=-torch.inf)
+            at_least = scores >= own[:, None]
+            inside = (target >= start) & (target < start + scores.shape[1])
+            at_least[inside, target[inside] - start] = False  # the target itself
+            above += at_least.sum(dim=1)
+        ranks.append(above)
+    return torch.cat(ranks).cpu().numpy() if ranks else np.zeros(0, dtype=np.int64)
+
+
+def count_ranks(counts: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Ranks as `dot_product_ranks` gives them for one score per item shared by every user
+    (popularity's training counts): the other items counted at least as often as the target.
+    A sort and a binary search per user, so it grows with users + items, not their product."""
+    ordered = np.sort(counts)
+    return counts.size - np.searchsorted(ordered, counts[targets], side="left") - 1
 
 
 def ranks_in_lists(ranked: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -38,15 +62,3 @@ def ranking_metrics(ranks: np.ndarray, ks: tuple[int, ...] = KS) -> dict[str, fl
         out[f"recall@{k}"] = float(hit.mean())
         out[f"ndcg@{k}"] = float((gains * hit).mean())
     return out
-
-
-def full_ranking_metrics(
-    score: Callable[[np.ndarray], torch.Tensor], targets: np.ndarray
-) -> dict[str, float]:
-    """Recall/NDCG of each target among all items; `score(rows)` gives [len(rows), num_items]."""
-    ranks = []
-    for start in range(0, targets.size, SCORE_BATCH):
-        rows = np.arange(start, min(start + SCORE_BATCH, targets.size))
-        scores = score(rows)
-        ranks.append(target_ranks(scores, torch.as_tensor(targets[rows], device=scores.device)))
-    return ranking_metrics(torch.cat(ranks).cpu().numpy())

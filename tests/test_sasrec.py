@@ -16,7 +16,7 @@ from genrec.cf import sasrec
 from genrec.cf.sasrec import (
     load_sasrec,
     pad_histories,
-    sasrec_scores,
+    sasrec_queries,
     train_sasrec,
 )
 from genrec.cf.training import fit
@@ -61,11 +61,12 @@ class _ScriptedTrainer:
             self.model.weight.fill_(self.epoch)
         return 0.0
 
-    def scores(self, split: EvalSet, rows: np.ndarray) -> torch.Tensor:
-        scores = torch.full((rows.size, 10), -1.0)
-        scores[:, 0] = 0.0
-        scores[:, 1 : 1 + next(self.ranks)] = 1.0
-        return scores
+    def vectors(self, split: EvalSet) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target item 0 scores 0, the next `rank` items 1, the others -1."""
+        items = torch.full((10, 1), -1.0)
+        items[0] = 0.0
+        items[1 : 1 + next(self.ranks)] = 1.0
+        return torch.ones(split.users.size, 1), items
 
 
 def test_early_stopping_keeps_the_best_weights(tmp_path):
@@ -122,7 +123,7 @@ def test_outputs(synthetic):
     np.testing.assert_array_equal(model.item_vectors.detach().numpy(), embeddings)
     histories = torch.tensor([[0, 0, 3, 1], [5, 6, 7, 8]])
     with torch.no_grad():
-        assert sasrec_scores(model, histories).shape == (2, num_items)
+        assert sasrec_queries(model, histories).shape == (2, embeddings.shape[1])
 
 
 def test_reuses_a_run_with_the_same_fingerprint(synthetic, monkeypatch):

@@ -171,10 +171,10 @@ class LightGCNTrainer:
         l2 = sum(e.pow(2).sum() for e in ego) / (2 * users.numel())
         return -F.logsigmoid(preference).mean() + self.cfg.weight_decay * l2
 
-    def scores(self, split: EvalSet, rows: np.ndarray) -> torch.Tensor:
+    def vectors(self, split: EvalSet) -> tuple[torch.Tensor, torch.Tensor]:
+        """One propagation for the whole split."""
         user_vectors, item_vectors = self.model(self.graph)
-        users = torch.from_numpy(split.users[rows]).to(self.device)
-        return user_vectors[users] @ item_vectors.T
+        return user_vectors[torch.from_numpy(split.users).to(self.device)], item_vectors
 
     def export(self, out_dir: Path) -> None:
         """Item vectors and degrees, and the users' vectors of their histories (see above)."""

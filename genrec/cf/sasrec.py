@@ -21,6 +21,7 @@ from genrec.cf.training import split_batches, train_cf_model
 from genrec.data_pipeline.prepared import EvalSet, PreparedData
 from genrec.data_pipeline.preprocess import ragged_gather
 from genrec.errors import DataError
+from genrec.metrics import USER_BATCH
 
 
 class CausalBlock(nn.Module):
@@ -90,13 +91,14 @@ def trim_padding(seq: torch.Tensor) -> torch.Tensor:
     return seq[:, first:]
 
 
-def sasrec_scores(model: SASRec, histories: torch.Tensor) -> torch.Tensor:
-    """Scores [B, num_items] of every item as the next one after left-padded `histories`.
+def sasrec_queries(model: SASRec, histories: torch.Tensor) -> torch.Tensor:
+    """[B, hidden]: the state after left-padded `histories`, whose dot product with
+    `model.item_vectors` scores every item as the next one.
 
     Histories are shifted ids (0 = padding); only the last `max_len` columns are read.
     """
     histories = trim_padding(histories[:, -model.positions.num_embeddings :])
-    return model(histories)[:, -1] @ model.item_vectors.T
+    return model(histories)[:, -1]
 
 
 def pad_histories(offsets: np.ndarray, items: np.ndarray, width: int) -> np.ndarray:
@@ -182,9 +184,12 @@ class SASRecTrainer:
             torch.cat([torch.ones_like(positive), torch.zeros_like(negative)]),
         )
 
-    def scores(self, split: EvalSet, rows: np.ndarray) -> torch.Tensor:
-        histories = torch.from_numpy(self.histories[split.name][rows]).to(self.device)
-        return sasrec_scores(self.model, histories)
+    def vectors(self, split: EvalSet) -> tuple[torch.Tensor, torch.Tensor]:
+        """The split's queries a batch of histories at a time (each padded to its longest)."""
+        histories = torch.from_numpy(self.histories[split.name]).to(self.device)
+        batches = histories.split(USER_BATCH)
+        queries = torch.cat([sasrec_queries(self.model, batch) for batch in batches])
+        return queries, self.model.item_vectors
 
     def export(self, out_dir: Path) -> None:
         vectors = self.model.item_vectors.detach().cpu().numpy().astype(np.float32)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from genrec.artifacts import CF_METRICS, MODEL, SELECT_METRIC
 from genrec.cf.popularity import popularity_metrics
 from genrec.data_pipeline.prepared import EvalSet, PreparedData, load_prepared
-from genrec.metrics import full_ranking_metrics
+from genrec.metrics import dot_product_ranks, ranking_metrics
 from genrec.provenance import (
     atomic_dir,
     code_version,
@@ -50,8 +50,9 @@ class CFTrainer(Protocol):
     def train_epoch(self) -> float:
         """One pass over the training data; returns the mean loss."""
 
-    def scores(self, split: EvalSet, rows: np.ndarray) -> torch.Tensor:
-        """Scores [len(rows), num_items] for the given examples of a split."""
+    def vectors(self, split: EvalSet) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each of the split's users' query vector [users, d] and every item's [items, d]: a
+        score is their dot product."""
 
     def export(self, out_dir: Path) -> None:
         """Write the model's embeddings (.npy) into out_dir."""
@@ -67,7 +68,8 @@ class FitResult:
 def evaluate(trainer: CFTrainer, split: EvalSet) -> dict[str, float]:
     trainer.model.eval()
     with torch.no_grad():
-        return full_ranking_metrics(lambda rows: trainer.scores(split, rows), split.targets)
+        queries, items = trainer.vectors(split)
+        return ranking_metrics(dot_product_ranks(queries, items, torch.from_numpy(split.targets)))
 
 
 def fit(
