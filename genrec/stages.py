@@ -20,6 +20,7 @@ from genrec.methods import method_spec
 from genrec.provenance import atomic_file, write_json
 from genrec.report import write_run_report
 from genrec.tokenizers.config import TokenizerInput, TokenizerName, catalogue_codebook_size
+from genrec.trainer.config import Baseline
 
 # Below this share of items with text, a dataset's text does not tell its items apart.
 MIN_TEXT_SHARE = 0.5
@@ -229,7 +230,8 @@ def evaluate(cfg: DictConfig) -> Path:
     else:
         checkpoint, tables = trained_model(cfg)
     out = Path(cfg.run_dir) / artifacts.METRICS
-    baselines = {"sasrec": sasrec_baseline(cfg)}
+    wanted = cfg.evaluate.baselines
+    baselines = {"sasrec": sasrec_baseline(cfg)} if Baseline.sasrec in wanted else {}
     method = method_spec(cfg.method)
     evaluate_checkpoint(cfg, method, checkpoint, data(cfg), tables, baselines, out)
     write_run_report(cfg.run_dir)

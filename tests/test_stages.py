@@ -120,6 +120,17 @@ def test_evaluate_reproduces_the_metrics_from_the_checkpoint(finished_run, tmp_p
     assert after["test"] == before["test"] and after["valid"] == before["valid"]
 
 
+def test_evaluate_ranks_only_the_baselines_asked_for(finished_run, tmp_path):
+    folder, _ = finished_run
+    out = tmp_path / "run"
+    shutil.copytree(folder, out)
+    done = genrec("evaluate", f"run_dir={out}", *TINY, "evaluate.baselines=[popularity]")
+    assert set(json.loads((out / "metrics.json").read_text())["baselines"]) == {"popularity"}
+    assert "popularity" in done.stdout and "sasrec" not in done.stdout
+    with pytest.raises(ConfigError, match=r"evaluate\.baselines"):
+        load_config([], ["evaluate.baselines=[itemknn]"])
+
+
 def test_evaluate_refuses_ids_the_model_was_not_trained_on(finished_run):
     folder, _ = finished_run
     checkpoint = folder / "train" / "model.pt"

@@ -71,6 +71,14 @@ class CurriculumConfig:
             raise Invalid("stage_epochs", f"must all be positive, got {self.stage_epochs}")
 
 
+class Baseline(Enum):
+    """What `genrec evaluate` ranks beside the model: item popularity (counted, seconds at any
+    size), SASRec (the `sasrec` stage: trained once, then read back by fingerprint)."""
+
+    popularity = "popularity"
+    sasrec = "sasrec"
+
+
 class SiaGradient(Enum):
     """How SIA's target-side distributions reach the tokenizer's encoder: through every
     level's residual (`all`), or through the first level only (`first`: a straight-through
@@ -293,6 +301,9 @@ class EvalConfig:
     beam_size: int = option(20, "beam width (the ranked list per user)")
     batch_size: int = option(256, "users decoded at a time")
     valid_users: int = option(0, "validate during training on a fixed sample (0: all users)")
+    baselines: list[Baseline] = option(
+        [Baseline.popularity, Baseline.sasrec], "baselines beside the model: popularity, sasrec"
+    )
     checkpoint: str | None = option(None, "genrec evaluate: a model.pt to judge instead")
 
     def check(self) -> None:

@@ -29,6 +29,7 @@ from genrec.provenance import (
     write_json,
 )
 from genrec.trainer.checkpoint import load_model
+from genrec.trainer.config import Baseline
 from genrec.trainer.engine import resolve_device
 from genrec.trainer.hooks import MethodHooks
 from genrec.trainer.item_codes import ItemCodes
@@ -120,7 +121,8 @@ def evaluate_checkpoint(
     out: Path,
 ) -> dict[str, Any]:
     """Valid and test metrics of a saved model, read with the semantic-ID tables it was trained
-    on (`tables`, group 0 decoded), beside the baselines, written to `out` (JSON).
+    on (`tables`, group 0 decoded), beside `baselines` (and popularity where
+    `evaluate.baselines` names it), written to `out` (JSON).
 
     Reuses `out` when the checkpoint, baselines and evaluation settings are unchanged.
     """
@@ -148,9 +150,12 @@ def evaluate_checkpoint(
     k, batch = cfg.evaluate.beam_size, cfg.evaluate.batch_size
     splits = [data.valid, data.test] + ([data.holdout] if data.holdout is not None else [])
     metrics = {split.name: split_metrics(model, ranker, codes, split, k, batch) for split in splits}
+    popular = {}
+    if Baseline.popularity in cfg.evaluate.baselines:
+        popular["popularity"] = popularity_metrics(data)
     result = {
         **metrics,
-        "baselines": {"popularity": popularity_metrics(data), **baselines},
+        "baselines": {**popular, **baselines},
         "method": method.name,
         "checkpoint": str(checkpoint),
         "trained_steps": saved.get("step"),
