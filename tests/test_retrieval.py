@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from genrec.trainer.retrieval import (
     ApproximateIndex,
+    ExactIndex,
     Similarity,
-    exact_top_k,
     recall_against_exact,
 )
 
@@ -17,7 +17,8 @@ from genrec.trainer.retrieval import (
 def test_exact_top_k_equals_scoring_every_item_at_once(similarity):
     torch.manual_seed(0)
     items, queries = torch.randn(1000, 16) * 3, torch.randn(7, 16)
-    scores, ids = exact_top_k(queries, items, 10, similarity, block=64)
+    index = ExactIndex(items, similarity)
+    scores, ids = index.search(queries, 10, block=64)
     if similarity is Similarity.cosine:
         full = F.normalize(queries, dim=-1) @ F.normalize(items, dim=-1).T
     else:
@@ -26,12 +27,12 @@ def test_exact_top_k_equals_scoring_every_item_at_once(similarity):
     assert torch.equal(ids, expected.indices)
     assert torch.allclose(scores, expected.values, atol=1e-5)
     # One block or many, the same ranking.
-    assert torch.equal(exact_top_k(queries, items, 10, similarity, block=4096)[1], ids)
+    assert torch.equal(index.search(queries, 10, block=4096)[1], ids)
 
 
 def test_k_beyond_the_catalogue_is_refused():
     with pytest.raises(ValueError, match="top-k of 11 asked of a catalogue of 10 items"):
-        exact_top_k(torch.randn(2, 4), torch.randn(10, 4), 11)
+        ExactIndex(torch.randn(10, 4)).search(torch.randn(2, 4), 11)
 
 
 def test_the_approximate_index_finds_the_exact_top_10_and_knows_its_items():
@@ -42,7 +43,7 @@ def test_the_approximate_index_finds_the_exact_top_10_and_knows_its_items():
     )
     queries = torch.from_numpy(items[rng.choice(20_000, 200, replace=False)]) + 0.1
     index = ApproximateIndex(items)
-    _, exact = exact_top_k(queries, torch.from_numpy(items), 10)
+    _, exact = ExactIndex(torch.from_numpy(items)).search(queries, 10)
     _, found = index.search(queries, 10)
     recall = recall_against_exact(found, exact)
     print(f"approximate top-10 recall against exact: {recall:.4f}")
@@ -50,3 +51,22 @@ def test_the_approximate_index_finds_the_exact_top_10_and_knows_its_items():
     index.check_items(items)
     with pytest.raises(ValueError, match="built for other item vectors"):
         index.check_items(items[:-1])
+
+
+def test_the_approximate_index_is_built_once_for_its_vectors(tmp_path, monkeypatch):
+    """Saved beside the vectors on its first build, read back after (no second build); other
+    vectors get their own file."""
+    import faiss
+
+    items = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+    queries = torch.from_numpy(items[:5])
+    first = ApproximateIndex(items, folder=tmp_path)
+    assert len(list(tmp_path.glob("hnsw-cosine-32-*.faiss"))) == 1
+    built = []
+    monkeypatch.setattr(faiss.IndexHNSWFlat, "add", lambda *args: built.append(args))
+    again = ApproximateIndex(items, folder=tmp_path)
+    assert not built and again.num_items == 300
+    assert torch.equal(again.search(queries, 10)[1], first.search(queries, 10)[1])
+    monkeypatch.undo()
+    ApproximateIndex(items[:-1], folder=tmp_path)
+    assert len(list(tmp_path.glob("hnsw-cosine-32-*.faiss"))) == 2

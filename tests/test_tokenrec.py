@@ -32,6 +32,7 @@ from genrec.trainer.model import GenerativeRecommender, ModelConfig
 from genrec.trainer.objective import Batch
 from genrec.trainer.retrieval import (
     ApproximateIndex,
+    ExactIndex,
     Search,
     Similarity,
     recall_against_exact,
@@ -127,7 +128,7 @@ def test_retrieval_ranks_like_scoring_every_item():
     catalogue = Catalogue(items, UserTable(users))
     batch = _batch(torch.tensor([4, 8, 15, 16]), history(), user=torch.tensor([3, 1, 7, 0]))
     for similarity in Similarity:
-        top = RetrievalRanker(catalogue, similarity).top_k(model, batch, 10)
+        top = RetrievalRanker(catalogue, ExactIndex(items, similarity)).top_k(model, batch, 10)
         with torch.no_grad():
             query = model(batch.history_codes, None, users[batch.user])
         if similarity is Similarity.cosine:
@@ -146,9 +147,9 @@ def test_hnsw_search_finds_what_exact_retrieval_finds():
     items = torch.randn(400, 16)
     catalogue = Catalogue(items, UserTable(torch.randint(0, 8, (10, 3))))
     batch = _batch(torch.arange(4), history(), user=torch.tensor([3, 1, 7, 0]))
-    exact = RetrievalRanker(catalogue, Similarity.cosine).top_k(model, batch, 10)
+    exact = RetrievalRanker(catalogue, ExactIndex(items)).top_k(model, batch, 10)
     index = ApproximateIndex(items.numpy(), Similarity.cosine)
-    found = RetrievalRanker(catalogue, Similarity.cosine, index).top_k(model, batch, 10)
+    found = RetrievalRanker(catalogue, index).top_k(model, batch, 10)
     assert recall_against_exact(found, exact) >= 0.95
     cfg = load_config([], ["method=tokenrec", "trainer.tokenrec.search=hnsw"])
     assert cfg.trainer.tokenrec.search is Search.hnsw
@@ -272,7 +273,7 @@ def test_head_and_catalogue_mismatches_are_clear_errors():
     catalogue = Catalogue(torch.randn(20, 16), UserTable(torch.zeros(5, 3, dtype=torch.long)))
     with pytest.raises(DataError, match="user 9 has no MQ tokens"):
         catalogue.user_codes(_batch(torch.tensor([0, 0]), user=torch.tensor([1, 9])))
-    ranker = RetrievalRanker(catalogue, Similarity.cosine)
+    ranker = RetrievalRanker(catalogue, ExactIndex(catalogue.items))
     with pytest.raises(ValueError, match="top-k of 30 asked of a catalogue of 20 items"):
         ranker.top_k(model.eval(), _batch(torch.arange(4), history()), 30)
 

@@ -33,7 +33,7 @@ from genrec.tokenizers.tokenize import load_vectors, tokenizer_input
 from genrec.trainer.config import RetrievalLoss, UserTokens
 from genrec.trainer.item_codes import ItemCodes, read_table
 from genrec.trainer.objective import Batch
-from genrec.trainer.retrieval import ApproximateIndex, Search, Similarity, exact_top_k
+from genrec.trainer.retrieval import ApproximateIndex, ExactIndex, Search, Similarity
 
 
 class UserCoder(Protocol):
@@ -193,19 +193,16 @@ def scores_against(preference: Tensor, candidates: Tensor, similarity: Similarit
 
 @dataclass
 class RetrievalRanker:
-    """The top-k items' vectors against each user's preference vector: every item scored, or
-    the approximate index's neighbours when one is given."""
+    """The top-k items' vectors against each user's preference vector, through an index over
+    the catalogue's items (every item scored, or an approximate index's neighbours)."""
 
     catalogue: Catalogue
-    similarity: Similarity
-    index: ApproximateIndex | None = None
+    index: ExactIndex | ApproximateIndex
 
     def top_k(self, model: torch.nn.Module, batch: Batch, k: int) -> Tensor:
         check_head(model, self.catalogue)
         preference = model(batch.history_codes, None, self.catalogue.user_codes(batch))
-        if self.index is not None:
-            return self.index.search(preference, k)[1].to(preference.device)
-        return exact_top_k(preference, self.catalogue.items, k, self.similarity)[1]
+        return self.index.search(preference, k)[1].to(preference.device)
 
 
 def retrieval_loss(cfg: DictConfig, codes: ItemCodes, tables: list[Path]) -> RetrievalLossFn:
@@ -229,7 +226,10 @@ def retrieval(cfg: DictConfig, codes: ItemCodes, tables: list[Path]) -> Retrieva
         )
     settings = cfg.trainer.tokenrec
     catalogue = load_catalogue(cfg, codes, tables)
-    index = None
     if settings.search is Search.hnsw:
-        index = ApproximateIndex(catalogue.items.cpu().numpy(), settings.similarity)
-    return RetrievalRanker(catalogue, settings.similarity, index)
+        vectors = tokenizer_input(tokenizer_dir(tables))
+        items = catalogue.items.cpu().numpy()
+        index = ApproximateIndex(items, settings.similarity, folder=vectors.parent)
+    else:
+        index = ExactIndex(catalogue.items, settings.similarity)
+    return RetrievalRanker(catalogue, index)
