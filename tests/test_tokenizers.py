@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from genrec.config import load_config
 from genrec.errors import ConfigError, DataError
+from genrec.tokenizers import training
 from genrec.tokenizers.checkpoints import build_tokenizer, load_tokenizer, save_tokenizer
 from genrec.tokenizers.config import TokenizerConfig, catalogue_codebook_size
 from genrec.tokenizers.quantizer import Codebook, rotate_to
@@ -92,6 +93,30 @@ def test_codebook_gradient_is_deterministic_on_two_threads():
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
+@pytest.mark.parametrize("name", ["rqvae", "mq"])
+def test_full_catalogue_passes_read_a_chunk_at_a_time(name, monkeypatch):
+    """Fitting, encoding and the report never run a network over more than PASS_CHUNK rows,
+    and give what one pass over all rows gives."""
+    x, _ = planted(n=200)
+    settings = small_config(name=name, epochs=2)
+    whole = build_tokenizer(settings, x.shape[1], seed=0)
+    whole.fit(x)
+    monkeypatch.setattr(training, "PASS_CHUNK", 64)
+    tok = build_tokenizer(settings, x.shape[1], seed=0)
+    rows = []
+    for module in tok.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_pre_hook(lambda _, args: rows.append(len(args[0])))
+    tok.fit(x)
+    rows.clear()
+    codes, distances = tok.encode(x), tok.last_level_distances(x)
+    error = tok.reconstruction_error(x)
+    assert rows and max(rows) <= 64
+    assert torch.equal(codes, whole.encode(x))
+    assert torch.allclose(distances, whole.last_level_distances(x), atol=1e-4)
+    assert error == pytest.approx(whole.reconstruction_error(x), rel=1e-5)
 
 
 def test_mq_encoders_receive_gradient():

@@ -7,13 +7,12 @@ the encoders receive gradient.
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from genrec.tokenizers.config import TokenizerConfig
 from genrec.tokenizers.kmeans import kmeans, nearest
 from genrec.tokenizers.quantizer import Codebook
-from genrec.tokenizers.training import VQAutoencoder, mlp
+from genrec.tokenizers.training import VQAutoencoder, chunked, chunked_mse, mlp
 
 
 class MaskedVQ(VQAutoencoder):
@@ -57,7 +56,7 @@ class MaskedVQ(VQAutoencoder):
         for level, (encoder, codebook) in enumerate(
             zip(self.encoders, self.codebooks, strict=True)
         ):
-            z = encoder(vectors)
+            z = chunked(encoder, vectors)
             codebook.set_codewords(
                 kmeans(z, codebook.size, self.cfg.kmeans_iters, self.seed + level)
             )
@@ -65,14 +64,14 @@ class MaskedVQ(VQAutoencoder):
     @torch.no_grad()
     def restart_dead_codes(self, vectors: torch.Tensor, generator: torch.Generator) -> list[int]:
         return [
-            codebook.restart_dead(encoder(vectors), generator)
+            codebook.restart_dead(chunked(encoder, vectors), generator)
             for encoder, codebook in zip(self.encoders, self.codebooks, strict=True)
         ]
 
     @torch.no_grad()
     def encode(self, vectors: torch.Tensor) -> torch.Tensor:
         self.eval()
-        return torch.cat([self._codes(chunk) for chunk in vectors.split(65536)])
+        return chunked(self._codes, vectors)
 
     def _codes(self, x: torch.Tensor) -> torch.Tensor:
         """Each encoder's nearest codeword, without decoding."""
@@ -82,9 +81,9 @@ class MaskedVQ(VQAutoencoder):
     @torch.no_grad()
     def last_level_distances(self, vectors: torch.Tensor) -> torch.Tensor:
         self.eval()
-        return torch.cdist(self.encoders[-1](vectors), self.codebooks[-1].weight) ** 2
+        return torch.cdist(chunked(self.encoders[-1], vectors), self.codebooks[-1].weight) ** 2
 
     @torch.no_grad()
     def reconstruction_error(self, vectors: torch.Tensor) -> float:
         self.eval()
-        return float(F.mse_loss(self(vectors)[0], vectors))
+        return chunked_mse(lambda chunk: self(chunk)[0], vectors)

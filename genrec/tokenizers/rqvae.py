@@ -5,11 +5,10 @@ quantization loss dominates and codebooks collapse (the RQ-VAE-Recommender / GRI
 """
 
 import torch
-import torch.nn.functional as F
 
 from genrec.tokenizers.config import TokenizerConfig
 from genrec.tokenizers.quantizer import ResidualQuantizer
-from genrec.tokenizers.training import VQAutoencoder, Whitening, mlp
+from genrec.tokenizers.training import VQAutoencoder, Whitening, chunked, chunked_mse, mlp
 
 
 class RQVAE(VQAutoencoder):
@@ -55,26 +54,25 @@ class RQVAE(VQAutoencoder):
 
     @torch.no_grad()
     def init_codebooks(self, vectors: torch.Tensor) -> None:
-        self.quantizer.kmeans_init(self.encoder(vectors), self.cfg.kmeans_iters, self.seed)
+        latent = chunked(self.encoder, vectors)
+        self.quantizer.kmeans_init(latent, self.cfg.kmeans_iters, self.seed)
 
     @torch.no_grad()
     def restart_dead_codes(self, vectors: torch.Tensor, generator: torch.Generator) -> list[int]:
-        return self.quantizer.restart_dead_codes(self.encoder(vectors), generator)
+        return self.quantizer.restart_dead_codes(chunked(self.encoder, vectors), generator)
 
     @torch.no_grad()
     def encode(self, vectors: torch.Tensor) -> torch.Tensor:
         self.eval()
-        codes = [self.quantizer.assign(self.encoder(chunk))[0] for chunk in vectors.split(65536)]
-        return torch.cat(codes)
+        return chunked(lambda chunk: self.quantizer.assign(self.encoder(chunk))[0], vectors)
 
     @torch.no_grad()
     def last_level_distances(self, vectors: torch.Tensor) -> torch.Tensor:
         self.eval()
-        residual = self.quantizer.residuals(self.encoder(vectors))[-1]
+        residual = self.quantizer.residuals(chunked(self.encoder, vectors))[-1]
         return torch.cdist(residual, self.quantizer.levels[-1].weight) ** 2
 
     @torch.no_grad()
     def reconstruction_error(self, vectors: torch.Tensor) -> float:
         self.eval()
-        x_hat, _ = self.quantize(vectors)
-        return float(F.mse_loss(x_hat, vectors))
+        return chunked_mse(lambda chunk: self.quantize(chunk)[0], vectors)

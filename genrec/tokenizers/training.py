@@ -3,14 +3,34 @@
 import itertools
 from abc import abstractmethod
 from collections import defaultdict
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from genrec.tokenizers.base import EpochCallback, Tokenizer
 from genrec.tokenizers.config import TokenizerConfig, epoch_lr, kept_window
 from genrec.tokenizers.quantizer import Codebook
+
+# Rows a full-catalogue pass (codebook init, dead-code restarts, encoding, the report) reads
+# at once: its activations are a chunk's, whatever the catalogue.
+PASS_CHUNK = 65_536
+
+
+def chunked(module: Callable[[torch.Tensor], torch.Tensor], vectors: torch.Tensor) -> torch.Tensor:
+    """`module` over the rows of `vectors`, a chunk at a time, concatenated."""
+    return torch.cat([module(chunk) for chunk in vectors.split(PASS_CHUNK)])
+
+
+def chunked_mse(rebuild: Callable[[torch.Tensor], torch.Tensor], vectors: torch.Tensor) -> float:
+    """Mean squared error of `rebuild(x)` against x over all rows, a chunk at a time."""
+    total = sum(
+        float(F.mse_loss(rebuild(chunk), chunk, reduction="sum"))
+        for chunk in vectors.split(PASS_CHUNK)
+    )
+    return total / max(vectors.numel(), 1)
 
 
 def mlp(dims: list[int], dropout: float) -> nn.Sequential:
