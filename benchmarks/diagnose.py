@@ -97,7 +97,7 @@ def diagnose(run_dir: Path, users: int, beams: list[int]) -> dict:
         correct = correct + code_accuracy(model, batch)
         oracle.append(oracle_ranks(model, batch, table))
         for k in beams:
-            items = ranker.top_k(model, batch, k).numpy()
+            items = ranker.top_k(model, batch, k)[0].numpy()
             beam_ranks[k].append(ranks_in_lists(items, valid.targets[rows]))
     oracle_metrics = ranking_metrics(np.concatenate(oracle), (1, 5, 10))
     return {

@@ -9,4 +9,14 @@ from genrec.version import __version__
 # store, and Ray Data's split coordinator warns about a deprecated option of its own.
 os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", "PreemptionWatcher|exclude_resources")
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "load"]
+
+
+def __getattr__(name: str):
+    """`genrec.load(run_dir)`: a trained run, ready to recommend (genrec/recommend.py); read
+    on first use, so `import genrec` stays light."""
+    if name == "load":
+        from genrec.recommend import load
+
+        return load
+    raise AttributeError(f"module 'genrec' has no attribute {name!r}")

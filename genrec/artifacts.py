@@ -37,6 +37,7 @@ TRAIN_SUMMARY = "train.json"
 METRICS = "metrics.json"
 TABLE_CHOICE = "choice.json"
 RUN_REPORT = "report.png"
+RECOMMENDATIONS = "recommendations.parquet"
 
 
 def stage_dir(run_dir: str | Path, stage: str) -> Path:

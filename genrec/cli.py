@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
 from genrec import artifacts
@@ -67,6 +69,12 @@ def metrics_summary(cfg: DictConfig, metrics: Path) -> str:
     return f"{table}\nresults: {metrics}\nreport: {Path(cfg.run_dir) / artifacts.RUN_REPORT}"
 
 
+def recommendations_summary(cfg: DictConfig, out: Path) -> str:
+    table = pq.read_table(out, columns=["user"])
+    users = len(pc.unique(table["user"]))
+    return f"recommendations: {out} ({users:,} users, top {cfg.recommend.k})"
+
+
 def _span(shares: list[float]) -> str:
     return f"{min(shares):.1%}-{max(shares):.1%}" if shares else "-"
 
@@ -101,6 +109,7 @@ SUMMARIES: dict[str, Callable[[DictConfig, Path], str | None]] = {
     "retokenize": tables_summary,
     "train": recoding_summary,
     "evaluate": metrics_summary,
+    "recommend": recommendations_summary,
 }
 
 
@@ -144,6 +153,10 @@ COMMANDS: dict[str, tuple[Callable[[DictConfig], None], str]] = {
         "fine-tune the pre-trained model on fixed IDs (MTGRec, ETEGRec)",
     ),
     "evaluate": (_stage("evaluate"), "test metrics of the trained model (or evaluate.checkpoint)"),
+    "recommend": (
+        _stage("recommend"),
+        "top-k items of every user (or recommend.users) to Parquet, from the trained run",
+    ),
     "run": (_run, "the method's whole pipeline (default: TIGER on synthetic data)"),
     "config": (lambda cfg: print(describe(cfg)), "print every config key: value and meaning"),
 }

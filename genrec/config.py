@@ -20,7 +20,13 @@ from genrec.errors import ConfigError
 from genrec.methods import METHODS, method_spec
 from genrec.schema import Invalid, check_tree, described_fields, option
 from genrec.tokenizers.config import TokenizerConfig
-from genrec.trainer.config import EvalConfig, FinetuneConfig, TrainerConfig, batch_plan
+from genrec.trainer.config import (
+    EvalConfig,
+    FinetuneConfig,
+    RecommendConfig,
+    TrainerConfig,
+    batch_plan,
+)
 
 
 @dataclass
@@ -36,6 +42,7 @@ class GenrecConfig:
     trainer: TrainerConfig = option(TrainerConfig, "the generative recommender's training")
     finetune: FinetuneConfig = option(FinetuneConfig, "fine-tuning on one table (MTGRec, ETEGRec)")
     evaluate: EvalConfig = option(EvalConfig, "evaluation")
+    recommend: RecommendConfig = option(RecommendConfig, "batch recommendation")
     cluster: ClusterConfig = option(ClusterConfig, "the Ray cluster training runs on")
 
     def check(self) -> None:

@@ -62,3 +62,23 @@ def ranking_metrics(ranks: np.ndarray, ks: tuple[int, ...] = KS) -> dict[str, fl
         out[f"recall@{k}"] = float(hit.mean())
         out[f"ndcg@{k}"] = float((gains * hit).mean())
     return out
+
+
+def sample_interval(
+    ranks: np.ndarray, population: int, ks: tuple[int, ...] = KS, z: float = 1.96
+) -> dict[str, float]:
+    """Half-width of each metric's 95% interval when `ranks` are a uniform sample without
+    replacement of `population` users: the normal approximation of the mean of the users'
+    values, with the finite-population correction (0 when the sample is everyone)."""
+    ranks = np.asarray(ranks)
+    n = ranks.size
+    if n < 2:
+        raise ValueError("an interval needs a sample of two users or more")
+    correction = np.sqrt(max(population - n, 0) / max(population - 1, 1))
+    gains = 1.0 / np.log2(ranks + 2.0)
+    out = {}
+    for k in ks:
+        hit = ranks < k
+        for name, values in ((f"recall@{k}", hit), (f"ndcg@{k}", gains * hit)):
+            out[name] = float(z * values.std(ddof=1) / np.sqrt(n) * correction)
+    return out

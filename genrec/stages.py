@@ -233,6 +233,35 @@ def evaluate(cfg: DictConfig) -> Path:
     wanted = cfg.evaluate.baselines
     baselines = {"sasrec": sasrec_baseline(cfg)} if Baseline.sasrec in wanted else {}
     method = method_spec(cfg.method)
-    evaluate_checkpoint(cfg, method, checkpoint, data(cfg), tables, baselines, out)
+    folder = data(cfg)
+    pool = None
+    if cfg.cluster.rank_actors:
+        from genrec.cluster.rank_pool import RankPool
+
+        pool = RankPool(cfg, checkpoint, tables, load_manifest(folder)["num_items"])
+    evaluate_checkpoint(cfg, method, checkpoint, folder, tables, baselines, out, pool)
     write_run_report(cfg.run_dir)
     return out
+
+
+def recommend(cfg: DictConfig) -> Path:
+    """Each user's (or `recommend.users`') top `recommend.k` items after its latest
+    interaction, from the run in `run_dir` as it stands (nothing is trained), as Parquet
+    (`recommend.out`); ranked on the Ray actor pool where `cluster.rank_actors` > 0."""
+    from genrec.recommend import load, users_to_rank, write_recommendations
+
+    recommender = load(cfg.run_dir)
+    recommender.check_k(cfg.recommend.k, "recommend.k")
+    split = users_to_rank(recommender, cfg.recommend.users)
+    out = Path(cfg.recommend.out or Path(cfg.run_dir) / artifacts.RECOMMENDATIONS)
+    k = cfg.recommend.k
+    if cfg.cluster.rank_actors:
+        from genrec.cluster.rank_pool import RankPool
+
+        serving = OmegaConf.merge(recommender.cfg, {"cluster": cfg.cluster})
+        items = recommender.item_ids.size
+        pool = RankPool(serving, recommender.checkpoint, recommender.tables, items)
+        ranked = pool.top_k(split, k)
+    else:
+        ranked = recommender.top_k(split, k)
+    return write_recommendations(recommender, split, *ranked, out)

@@ -68,8 +68,8 @@ def test_two_identical_tables_train_and_decode_as_one():
     assert loss_two[0].item() == pytest.approx(loss_one[0].item(), abs=1e-6)
     batch = Batch.coded(rows(mixed), two, "cpu")
     with torch.no_grad():
-        top_one = BeamSearchRanker.over(one).top_k(net, batch, 10)
-        top_two = BeamSearchRanker.over(two).top_k(net, batch, 10)
+        top_one = BeamSearchRanker.over(one).top_k(net, batch, 10)[0]
+        top_two = BeamSearchRanker.over(two).top_k(net, batch, 10)[0]
     assert torch.equal(top_one, top_two) and (top_one >= 0).all()
 
 

@@ -128,7 +128,8 @@ def test_retrieval_ranks_like_scoring_every_item():
     catalogue = Catalogue(items, UserTable(users))
     batch = _batch(torch.tensor([4, 8, 15, 16]), history(), user=torch.tensor([3, 1, 7, 0]))
     for similarity in Similarity:
-        top = RetrievalRanker(catalogue, ExactIndex(items, similarity)).top_k(model, batch, 10)
+        ranker = RetrievalRanker(catalogue, ExactIndex(items, similarity))
+        top, top_scores = ranker.top_k(model, batch, 10)
         with torch.no_grad():
             query = model(batch.history_codes, None, users[batch.user])
         if similarity is Similarity.cosine:
@@ -137,7 +138,9 @@ def test_retrieval_ranks_like_scoring_every_item():
             )
         else:
             scores = query @ items.T
-        assert torch.equal(top, scores.topk(10, dim=1).indices)
+        expected = scores.topk(10, dim=1)
+        assert torch.equal(top, expected.indices)
+        assert torch.allclose(top_scores, expected.values, atol=1e-5)
 
 
 def test_hnsw_search_finds_what_exact_retrieval_finds():
@@ -147,9 +150,9 @@ def test_hnsw_search_finds_what_exact_retrieval_finds():
     items = torch.randn(400, 16)
     catalogue = Catalogue(items, UserTable(torch.randint(0, 8, (10, 3))))
     batch = _batch(torch.arange(4), history(), user=torch.tensor([3, 1, 7, 0]))
-    exact = RetrievalRanker(catalogue, ExactIndex(items)).top_k(model, batch, 10)
+    exact = RetrievalRanker(catalogue, ExactIndex(items)).top_k(model, batch, 10)[0]
     index = ApproximateIndex(items.numpy(), Similarity.cosine)
-    found = RetrievalRanker(catalogue, index).top_k(model, batch, 10)
+    found = RetrievalRanker(catalogue, index).top_k(model, batch, 10)[0]
     assert recall_against_exact(found, exact) >= 0.95
     cfg = load_config([], ["method=tokenrec", "trainer.tokenrec.search=hnsw"])
     assert cfg.trainer.tokenrec.search is Search.hnsw

@@ -24,18 +24,23 @@ class ClusterConfig:
     name: str | None = option(None, "Ray Train run name; null: from the training fingerprint")
     max_failures: int = option(0, "restarts from the latest checkpoint after a worker is lost")
     schedule_timeout_s: float = option(120.0, "wait for resources before a clear error")
-    fail_at_step: int = option(0, "drill: the last worker exits once at this step (0: never)")
+    fail_at_step: int = option(
+        0, "drill: the last worker exits once at this step, ranking actors at this batch (0: no)"
+    )
     record_rows: bool = option(False, "audit: train.json lists every row each worker received")
     retokenize_actors: int = option(2, "actors of the pool that re-tokenizes items")
     retokenize_resources: dict[str, float] = option(
         {"CPU": 1.0}, "Ray resources per re-tokenizing actor (CPU, GPU fraction...)"
     )
     retokenize_block: int = option(16384, "items an actor codes per task")
+    rank_actors: int = option(
+        0, "actors of the pool that ranks users in genrec evaluate/recommend (0: in-process)"
+    )
 
     def check(self) -> None:
         at_least(self, 1, "num_workers", "retokenize_actors", "retokenize_block")
         at_least(self, -1, "max_failures")
-        at_least(self, 0, "schedule_timeout_s", "fail_at_step")
+        at_least(self, 0, "schedule_timeout_s", "fail_at_step", "rank_actors")
         if self.threads_per_worker is not None:
             at_least(self, 1, "threads_per_worker")
         for key in ("resources_per_worker", "retokenize_resources"):

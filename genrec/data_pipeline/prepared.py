@@ -110,3 +110,25 @@ def load_prepared(data_dir: Path) -> PreparedData:
         load_eval_set(data_dir, "test"),
         load_eval_set(data_dir, "holdout") if manifest.get("num_holdout_users") else None,
     )
+
+
+def latest_histories(data_dir: Path, max_history: int) -> EvalSet:
+    """Every user's whole sequence (the test history and target; the held-out users' too),
+    its newest `max_history` items, with no target: what a recommendation reads."""
+    splits = [load_eval_set(data_dir, "test")]
+    if (data_dir / "holdout.parquet").exists():
+        splits.append(load_eval_set(data_dir, "holdout"))
+    users, offsets, history, shift = [], [np.zeros(1, dtype=np.int64)], [], 0
+    for split in splits:
+        whole = np.insert(split.history, split.offsets[1:], split.targets)
+        users.append(split.users)
+        offsets.append(split.offsets[1:] + np.arange(1, split.users.size + 1) + shift)
+        history.append(whole)
+        shift += whole.size
+    offsets_all, history_all = np.concatenate(offsets), np.concatenate(history)
+    starts = np.maximum(offsets_all[:-1], offsets_all[1:] - max_history)
+    offsets_all, history_all = ragged_gather(history_all, starts, offsets_all[1:])
+    users_all = np.concatenate(users)
+    targets = np.full(users_all.size, -1, dtype=np.int64)
+    latest = EvalSet("latest", users_all, offsets_all, history_all, targets)
+    return latest.take(np.argsort(users_all, kind="stable"))

@@ -301,6 +301,9 @@ class EvalConfig:
     beam_size: int = option(20, "beam width (the ranked list per user)")
     batch_size: int = option(256, "users decoded at a time")
     valid_users: int = option(0, "validate during training on a fixed sample (0: all users)")
+    test_users: int = option(
+        0, "test on a seeded sample of users (0: all), with each metric's 95% interval"
+    )
     baselines: list[Baseline] = option(
         [Baseline.popularity, Baseline.sasrec], "baselines beside the model: popularity, sasrec"
     )
@@ -308,7 +311,23 @@ class EvalConfig:
 
     def check(self) -> None:
         at_least(self, 1, "beam_size", "batch_size")
-        at_least(self, 0, "valid_users")
+        at_least(self, 0, "valid_users", "test_users")
+        if self.test_users == 1:
+            raise Invalid("test_users", "must be 0 (all) or at least 2: a sample's interval")
+
+
+@dataclass
+class RecommendConfig:
+    """`genrec recommend`: each user's top-k items after its latest interaction."""
+
+    k: int = option(10, "items recommended per user")
+    users: str | None = option(
+        None, "raw user ids to recommend for (Parquet/CSV `user` column, or one a line); null: all"
+    )
+    out: str | None = option(None, "the Parquet file; null: run_dir/recommendations.parquet")
+
+    def check(self) -> None:
+        at_least(self, 1, "k")
 
 
 def window_stride(cfg: Any) -> int | None:

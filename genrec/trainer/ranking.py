@@ -1,8 +1,8 @@
 """How a model's recommendations are produced for evaluation: the method's output side.
 
 Generative methods decode valid IDs by constrained beam search; TokenRec scores item vectors
-instead (genrec/methods/tokenrec/preference.py). Evaluation only asks for each user's top-k
-items, best first.
+instead (genrec/methods/tokenrec/preference.py). Evaluation asks for each user's top-k items,
+best first; recommendation also for their scores.
 """
 
 from dataclasses import dataclass
@@ -19,9 +19,9 @@ from genrec.trainer.trie import ItemTrie
 
 
 class Ranker(Protocol):
-    def top_k(self, model: torch.nn.Module, batch: Batch, k: int) -> Tensor:
-        """Item ids [B, k] for the batch's histories, best first; -1 where fewer than k items
-        can be ranked."""
+    def top_k(self, model: torch.nn.Module, batch: Batch, k: int) -> tuple[Tensor, Tensor]:
+        """(item ids, scores), each [B, k], for the batch's histories, best first; item -1
+        (score -inf) where fewer than k items can be ranked."""
 
 
 @dataclass
@@ -35,5 +35,6 @@ class BeamSearchRanker:
         trie = ItemTrie.from_codes(codes.group(0).cpu())
         return cls(trie.to(codes.table.device))
 
-    def top_k(self, model: GenerativeRecommender, batch: Batch, k: int) -> Tensor:
-        return beam_search(model, self.trie, batch.history_codes, k, batch.user)[0]
+    def top_k(self, model: GenerativeRecommender, batch: Batch, k: int) -> tuple[Tensor, Tensor]:
+        """Scores are the IDs' summed code log-probabilities."""
+        return beam_search(model, self.trie, batch.history_codes, k, batch.user)

@@ -361,7 +361,6 @@ class Loop:
             self.valid,
             evaluate.beam_size,
             evaluate.batch_size,
-            progress=False,
         )
         local["loss"] = split_loss(
             self.eval_model, self.objective, self.codes, self.valid, evaluate.batch_size

@@ -199,10 +199,12 @@ class RetrievalRanker:
     catalogue: Catalogue
     index: ExactIndex | ApproximateIndex
 
-    def top_k(self, model: torch.nn.Module, batch: Batch, k: int) -> Tensor:
+    def top_k(self, model: torch.nn.Module, batch: Batch, k: int) -> tuple[Tensor, Tensor]:
+        """Scores are the similarities (cosine or dot) to the preference vector."""
         check_head(model, self.catalogue)
         preference = model(batch.history_codes, None, self.catalogue.user_codes(batch))
-        return self.index.search(preference, k)[1].to(preference.device)
+        scores, items = self.index.search(preference, k)
+        return items.to(preference.device), scores.to(preference.device)
 
 
 def retrieval_loss(cfg: DictConfig, codes: ItemCodes, tables: list[Path]) -> RetrievalLossFn:
