@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
@@ -19,10 +20,10 @@ from genrec.cf.sasrec import (
     sasrec_queries,
     train_sasrec,
 )
-from genrec.cf.training import fit
+from genrec.cf.training import fit, run_fingerprint
 from genrec.config import load_config
 from genrec.data_pipeline.prepare import prepare
-from genrec.data_pipeline.prepared import EvalSet
+from genrec.data_pipeline.prepared import EvalSet, load_prepared
 from genrec.errors import ConfigError
 from genrec.provenance import code_version
 from tests.conftest import shared_dataset
@@ -104,6 +105,54 @@ def test_beats_popularity_by_a_wide_margin(synthetic):
     assert sasrec_recall >= 2 * popularity_recall
     assert sasrec_recall >= popularity_recall + 0.15
     assert metrics["valid"]["ndcg@10"] > metrics["popularity"]["valid"]["ndcg@10"]
+
+
+@pytest.mark.parametrize("loss", ["sampled", "in_batch"])
+def test_sampled_losses_learn_the_sequences_too(synthetic, tmp_path, loss):
+    """For catalogues too large for the full softmax: within reach of it on the same data."""
+    data_dir, full = synthetic
+    cfg = _config(tmp_path, "sasrec.epochs=8", f"sasrec.loss={loss}", "sasrec.negatives=64")
+    metrics = _metrics(train_sasrec(cfg, data_dir, tmp_path / "sasrec"))
+    recall, full_recall = metrics["test"]["recall@10"], _metrics(full)["test"]["recall@10"]
+    assert recall >= 0.8 * full_recall and recall >= 2 * metrics["popularity"]["test"]["recall@10"]
+
+
+def test_sampled_softmax_is_the_softmax_over_the_target_and_the_draws():
+    g = torch.Generator().manual_seed(0)
+    hidden, items = torch.randn(4, 8, generator=g), torch.randn(30, 8, generator=g)
+    targets, drawn = torch.tensor([3, 7, 7, 29]), torch.tensor([7, 11, 0])
+    loss = sasrec.sampled_softmax(hidden, targets, items, drawn)
+    rows = []
+    for h, t in zip(hidden, targets, strict=True):
+        others = [d for d in drawn.tolist() if d != t]  # a draw equal to the target is left out
+        logits = h @ items[[int(t), *others]].T
+        rows.append(-torch.log_softmax(logits, 0)[0])
+    assert loss.item() == pytest.approx(torch.stack(rows).mean().item(), rel=1e-5)
+
+
+def test_in_batch_softmax_subtracts_each_candidates_log_share():
+    g = torch.Generator().manual_seed(0)
+    hidden, items = torch.randn(5, 8, generator=g), torch.randn(10, 8, generator=g)
+    targets = torch.tensor([2, 5, 2, 9, 5])
+    log_share = torch.log(torch.tensor([0.1] * 10)) + torch.arange(10) * 0.3
+    loss = sasrec.in_batch_softmax(hidden, targets, items, log_share)
+    candidates = torch.tensor([2, 5, 9])
+    logits = hidden @ items[candidates].T - log_share[candidates]
+    column = torch.tensor([0, 1, 0, 2, 1])
+    assert loss.item() == pytest.approx(F.cross_entropy(logits, column).item(), rel=1e-5)
+    flat = sasrec.in_batch_softmax(hidden, targets, items, torch.zeros(10))
+    assert loss.item() != pytest.approx(flat.item(), rel=1e-3)
+
+
+def test_negatives_count_in_the_fingerprint_only_for_the_sampled_loss(synthetic, tmp_path):
+    data = load_prepared(synthetic[0])
+
+    def key(*overrides):
+        return run_fingerprint(data, _config(tmp_path, *overrides).sasrec, 0, 1)
+
+    assert key("sasrec.negatives=10") == key("sasrec.negatives=20")
+    sampled = ("sasrec.loss=sampled",)
+    assert key(*sampled, "sasrec.negatives=10") != key(*sampled, "sasrec.negatives=20")
 
 
 def test_outputs(synthetic):

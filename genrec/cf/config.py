@@ -7,9 +7,15 @@ from genrec.schema import Invalid, at_least, device_name, option, positive
 
 
 class SASRecLoss(Enum):
-    """Full softmax over all items, or the original's BCE against one random negative."""
+    """Full softmax over all items (memory B x L x items: up to about 10^5 items on one
+    node); for larger catalogues a softmax over sampled items, log-Q corrected: `sampled`
+    (the target and `negatives` uniform items shared by the batch) or `in_batch` (the batch's
+    targets, each logit less the log of its item's share of training targets); or the
+    original's BCE against one random negative."""
 
     ce = "ce"
+    sampled = "sampled"
+    in_batch = "in_batch"
     bce = "bce"
 
 
@@ -18,6 +24,11 @@ def _check_schedule(section: object) -> None:
     at_least(section, 1, "epochs", "batch_size", "patience", "eval_every")
     positive(section, "lr")
     at_least(section, 0, "weight_decay")
+
+
+# What a setting's weights do not depend on, left out of its fingerprint: a run trained
+# before the key existed, or under another loss, is still reused.
+UNUSED_UNLESS = {"negatives": ("loss", SASRecLoss.sampled)}
 
 
 @dataclass
@@ -33,7 +44,10 @@ class SASRecConfig:
     heads: int = option(1, "attention heads (must divide hidden)")
     dropout: float = option(0.3, "dropout")
     max_len: int = option(50, "most recent items it reads")
-    loss: SASRecLoss = option(SASRecLoss.ce, "ce: softmax over all items; bce: one negative")
+    loss: SASRecLoss = option(
+        SASRecLoss.ce, "ce (softmax over all items), sampled, in_batch or bce (one negative)"
+    )
+    negatives: int = option(1024, "uniform negatives a batch shares (loss=sampled)")
     epochs: int = option(200, "most epochs")
     batch_size: int = option(128, "users per batch")
     lr: float = option(2e-3, "Adam learning rate")
@@ -44,7 +58,7 @@ class SASRecConfig:
 
     def check(self) -> None:
         _check_schedule(self)
-        at_least(self, 1, "hidden", "layers", "heads", "max_len")
+        at_least(self, 1, "hidden", "layers", "heads", "max_len", "negatives")
         if self.hidden % self.heads:
             raise Invalid(
                 "hidden", f"({self.hidden}) must be divisible by sasrec.heads ({self.heads})"

@@ -114,6 +114,32 @@ def pad_histories(offsets: np.ndarray, items: np.ndarray, width: int) -> np.ndar
     return padded
 
 
+def sampled_softmax(
+    hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tensor, drawn: torch.Tensor
+) -> torch.Tensor:
+    """Softmax over each position's target and the `drawn` items [K] all positions share; a
+    draw equal to the position's target is left out of its row. Uniform draws have the same
+    probability for every item, so the log-Q correction is a constant and cancels."""
+    # F.embedding, not indexing: the backward of indexing adds in thread order on CPU.
+    positive = (hidden * F.embedding(targets, items)).sum(-1, keepdim=True)
+    negative = (hidden @ F.embedding(drawn, items).T).masked_fill(
+        drawn[None, :] == targets[:, None], float("-inf")
+    )
+    logits = torch.cat([positive, negative], dim=1)
+    return F.cross_entropy(logits, torch.zeros_like(targets))
+
+
+def in_batch_softmax(
+    hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tensor, log_share: torch.Tensor
+) -> torch.Tensor:
+    """Softmax over the distinct targets of the batch, each logit less the log of its item's
+    share of all training targets (the log-Q correction: popular items are drawn as
+    negatives in proportion to that share, Yi et al. 2019)."""
+    candidates, column = torch.unique(targets, return_inverse=True)
+    logits = hidden @ F.embedding(candidates, items).T - log_share[candidates]
+    return F.cross_entropy(logits, column)
+
+
 def build_sasrec(num_items: int, cfg: DictConfig) -> SASRec:
     return SASRec(num_items, cfg.hidden, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len)
 
@@ -144,6 +170,10 @@ class SASRecTrainer:
                 "no user has two training items: SASRec has no next item to learn",
             )
         self.sequences, self.lengths = sequences[lengths >= 2], lengths[lengths >= 2]
+        targets = self.sequences[:, 1:]
+        counts = np.bincount(targets[targets > 0] - 1, minlength=data.num_items)
+        share = torch.as_tensor(counts / max(counts.sum(), 1), dtype=torch.float32)
+        self.log_share = share.clamp(min=1e-12).log().to(self.device)
         self.histories = {
             split.name: pad_histories(split.offsets, split.history, cfg.max_len)
             for split in (data.valid, data.test)
@@ -171,10 +201,15 @@ class SASRecTrainer:
         return [batches[i] for i in self.rng.permutation(len(batches))]
 
     def _loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Softmax over all items, or the original's BCE against one random negative."""
+        """The configured loss of the positions' `hidden` states [M, d] for `targets` [M]."""
         items = self.model.item_vectors
         if self.cfg.loss == SASRecLoss.ce:
             return F.cross_entropy(hidden @ items.T, targets)
+        if self.cfg.loss == SASRecLoss.sampled:
+            drawn = torch.randint(0, items.shape[0], (self.cfg.negatives,), device=self.device)
+            return sampled_softmax(hidden, targets, items, drawn)
+        if self.cfg.loss == SASRecLoss.in_batch:
+            return in_batch_softmax(hidden, targets, items, self.log_share)
         negatives = torch.randint(0, items.shape[0], targets.shape, device=self.device)
         # F.embedding, not indexing: the backward of indexing adds in thread order on CPU.
         positive = (hidden * F.embedding(targets, items)).sum(-1)

@@ -22,6 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from genrec.artifacts import CF_METRICS, MODEL, SELECT_METRIC
+from genrec.cf.config import UNUSED_UNLESS
 from genrec.cf.popularity import popularity_metrics
 from genrec.data_pipeline.prepared import EvalSet, PreparedData, load_prepared
 from genrec.metrics import dot_product_ranks, ranking_metrics
@@ -109,7 +110,13 @@ def fit(
 def run_fingerprint(
     data: PreparedData, model_cfg: DictConfig, seed: int, export_format: int
 ) -> str:
-    return fingerprint(data.manifest["fingerprint"], to_plain(model_cfg), seed, export_format)
+    """The data, the settings the weights depend on (a key of `UNUSED_UNLESS` only when the
+    setting it serves is chosen), the seed and the export format."""
+    settings = to_plain(model_cfg)
+    for key, (other, value) in UNUSED_UNLESS.items():
+        if key in settings and model_cfg[other] != value:
+            del settings[key]
+    return fingerprint(data.manifest["fingerprint"], settings, seed, export_format)
 
 
 def train_cf_model(
