@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import torch
+from tqdm import tqdm
 
 from genrec.artifacts import DATA, FINETUNE, MODEL, TRAIN
 from genrec.config import config_from_dict
@@ -118,10 +119,10 @@ class Recommender:
 
     def top_k(self, split: EvalSet, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(item ids, scores) [users, k] of a split's users, in this process, in row order."""
-        parts = [
-            self.ranking.top_k(split, rows, k)
-            for rows in batch_rows(split.users.size, self.cfg.evaluate.batch_size)
-        ]
+        size = self.cfg.evaluate.batch_size
+        batches = batch_rows(split.users.size, size)
+        bar = tqdm(batches, total=-(-split.users.size // size), desc="recommend", unit="batch")
+        parts = [self.ranking.top_k(split, rows, k) for rows in bar]
         if not parts:
             return np.zeros((0, k), dtype=np.int64), np.zeros((0, k), dtype=np.float32)
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
