@@ -12,7 +12,7 @@ from genrec.config import load_config
 from genrec.data_pipeline.prepared import EvalSet
 from genrec.data_pipeline.streaming import length_batches, length_grouped
 from genrec.errors import ConfigError, DataError
-from genrec.trainer.config import batch_plan
+from genrec.trainer.config import batch_plan, validation_steps
 from genrec.trainer.engine import deepspeed_config, warmup_cosine
 from genrec.trainer.evaluate import left_padded
 from genrec.trainer.item_codes import ItemCodes
@@ -150,3 +150,11 @@ def test_item_codes_map_histories_and_reject_bad_tables(tmp_path):
     pq.write_table(pa.table({"item": [0, 1], "codes": [[1, 9, 0], [3, 0, 1]]}), path)
     with pytest.raises(DataError, match=r"codes must lie in \[0, 4\), max is 9"):
         ItemCodes.load([path], 2, 4)
+
+
+def test_validation_runs_every_eval_every_steps_or_once_an_epoch():
+    cfg = load_config([], ["trainer.eval_every=null", "trainer.batch_size=256"])
+    assert validation_steps(cfg.trainer, 27_242) == 107  # ceil(27,242 / 256)
+    assert validation_steps(cfg.trainer, 10) == 1
+    cfg = load_config([], ["trainer.eval_every=40"])
+    assert validation_steps(cfg.trainer, 27_242) == 40

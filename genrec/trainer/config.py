@@ -1,5 +1,6 @@
 """Configuration of the generative recommender: model size, optimisation and evaluation."""
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -204,7 +205,7 @@ class TrainerConfig:
     weight_decay: float = option(0.05, "AdamW weight decay (matrices only)")
     grad_clip: float = option(1.0, "gradient norm clip")
     temperature: float = option(1.0, "logit temperature of the code loss (< 1: LETTER)")
-    eval_every: int = option(200, "optimizer steps between validations")
+    eval_every: int | None = option(200, "optimizer steps between validations (null: one epoch's)")
     patience: int = option(5, "validations without progress before the run stops")
     checkpoint_every: int = option(0, "optimizer steps between checkpoints (0: each validation)")
     keep_checkpoints: int = option(2, "newest checkpoints Ray keeps")
@@ -229,7 +230,9 @@ class TrainerConfig:
 
     def check(self) -> None:
         device_name(self, "device")
-        at_least(self, 1, "epochs", "batch_size", "max_micro_batch_size", "eval_every")
+        at_least(self, 1, "epochs", "batch_size", "max_micro_batch_size")
+        if self.eval_every is not None:
+            at_least(self, 1, "eval_every")
         at_least(self, 1, "patience", "keep_checkpoints", "log_every")
         at_least(self, 0, "warmup_steps", "weight_decay", "checkpoint_every", "shuffle_buffer")
         positive(self, "lr", "temperature", "grad_clip")
@@ -328,6 +331,12 @@ class RecommendConfig:
 
     def check(self) -> None:
         at_least(self, 1, "k")
+
+
+def validation_steps(trainer: Any, examples_per_epoch: int) -> int:
+    """Optimizer steps between validations: `eval_every`, or one epoch's steps when null."""
+    epoch = max(1, math.ceil(examples_per_epoch / trainer.batch_size))
+    return trainer.eval_every or epoch
 
 
 def window_stride(cfg: Any) -> int | None:

@@ -2,11 +2,11 @@
 
 Every prefix of a user's training sequence predicts its next item; the method turns each batch
 into a loss (its `objective`) and ranks items for validation (its `ranker`). The loop validates
-every `trainer.eval_every` optimizer steps (each rank scores a slice of the validation users),
-keeps the weights with the best validation NDCG@10, stops after `trainer.patience` validations
-without progress, and checkpoints its named states as it goes. Where the batches come from and
-where checkpoints go is the caller's business (genrec/cluster/train_job.py runs it on Ray
-Train). The test split is never read here.
+every `trainer.eval_every` optimizer steps, or once an epoch (each rank scores a slice of the
+validation users), keeps the weights with the best validation NDCG@10, stops after
+`trainer.patience` validations without progress, and checkpoints its named states as it goes.
+Where the batches come from and where checkpoints go is the caller's business
+(genrec/cluster/train_job.py runs it on Ray Train). The test split is never read here.
 """
 
 import dataclasses
@@ -33,6 +33,7 @@ from genrec.data_pipeline.subsample import train_examples
 from genrec.errors import ConfigError, DataError
 from genrec.provenance import code_version, file_digest, fingerprint, to_plain
 from genrec.trainer.checkpoint import load_model, model_payload
+from genrec.trainer.config import validation_steps
 from genrec.trainer.engine import build_engine, full_state_dict, resolve_device
 from genrec.trainer.evaluate import split_loss, split_metrics, table_digests
 from genrec.trainer.hooks import MethodHooks, Plugin, Update
@@ -243,6 +244,7 @@ class Loop:
         self.data_dir = data_dir
         self.examples_per_epoch = train_examples(data_dir, self.trainer.data_fraction, cfg.seed)
         self.total_steps = self.steps_of(self.trainer.epochs)
+        self.eval_every = validation_steps(self.trainer, self.examples_per_epoch)
         model_epochs = self.trainer.epochs
         for plugin in self.plugins:
             model_epochs = plugin.model_epochs(model_epochs)
@@ -487,7 +489,7 @@ class Loop:
             if p.step % self.trainer.log_every == 0:
                 loss = self.log_terms(writer, meter)["loss"]
             metrics = {"step": p.step, "train_loss": loss, "epoch": self.epoch()}
-            due = p.step % self.trainer.eval_every == 0
+            due = p.step % self.eval_every == 0
             if due and all(plugin.may_validate() for plugin in self.plugins):
                 metrics |= self.validate(writer)
                 stop = stop or p.stale >= self.trainer.patience
