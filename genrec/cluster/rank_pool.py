@@ -76,15 +76,16 @@ class RankActor:
 
     def __call__(self, work: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One batch (`map_batches(batch_size=1)`): its number and its ranks or lists."""
-        (number,) = work["id"]
-        if number == self.drill and not ray.get_runtime_context().was_current_actor_reconstructed:
+        (number,) = work["data"]
+        drill = self.drill and number == self.drill
+        if drill and not ray.get_runtime_context().was_current_actor_reconstructed:
             os.kill(os.getpid(), signal.SIGKILL)  # the drill: this actor is lost, once
         split_index, start, stop = self.batches[int(number)]
         split, rows = self.splits[split_index], np.arange(start, stop)
         if not self.lists:
-            return {"batch": work["id"], "ranks": self.ranking.ranks(split, rows, self.k)[None]}
+            return {"batch": work["data"], "ranks": self.ranking.ranks(split, rows, self.k)[None]}
         items, scores = self.ranking.top_k(split, rows, self.k)
-        return {"batch": work["id"], "items": items[None], "scores": scores[None]}
+        return {"batch": work["data"], "items": items[None], "scores": scores[None]}
 
 
 class RankPool:
@@ -110,7 +111,8 @@ class RankPool:
             return []
         with ray_session(cluster):
             DataContext.get_current().print_on_execution_start = False
-            work = ray.data.range(len(batches), override_num_blocks=min(len(batches), 200))
+            # Batch numbers from the object store: no read tasks to compete with the actors.
+            work = ray.data.from_numpy(np.arange(len(batches)))
             ranked = work.map_batches(
                 RankActor,
                 fn_constructor_kwargs={
