@@ -180,20 +180,21 @@ class SASRecTrainer:
         }
 
     def train_epoch(self) -> float:
-        total = 0.0
-        batches = self._batches()
-        for rows in batches:
-            seq = trim_padding(torch.from_numpy(self.sequences[rows]).to(self.device))
-            inputs, targets = seq[:, :-1], seq[:, 1:]
-            real = inputs > 0
-            loss = self._loss(self.model(inputs)[real], targets[real] - 1)
-            self.optimizer.zero_grad()
-            loss.backward()
-            self.optimizer.step()
-            total += loss.item()
-        return total / len(batches)
+        batches = self.batches()
+        return sum(self.step(rows) for rows in batches) / len(batches)
 
-    def _batches(self) -> list[np.ndarray]:
+    def step(self, rows: np.ndarray) -> float:
+        """One optimizer step on the users `rows`; returns the loss."""
+        seq = trim_padding(torch.from_numpy(self.sequences[rows]).to(self.device))
+        inputs, targets = seq[:, :-1], seq[:, 1:]
+        real = inputs > 0
+        loss = self._loss(self.model(inputs)[real], targets[real] - 1)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+    def batches(self) -> list[np.ndarray]:
         """Users of similar length batched together (random within a length, random batch
         order), so padding columns can be cut: most sequences are far shorter than max_len."""
         order = np.lexsort((self.rng.random(self.lengths.size), self.lengths))
