@@ -27,6 +27,8 @@ from genrec.data_pipeline.prepared import EvalSet
 from genrec.errors import GenrecError
 from genrec.provenance import to_plain
 
+BLOCKS_PER_ACTOR = 16
+
 
 def batch_starts(splits: list[EvalSet], batch_size: int) -> list[tuple[int, int, int]]:
     """(split, first row, end row) of every batch, split after split."""
@@ -111,8 +113,10 @@ class RankPool:
             return []
         with ray_session(cluster):
             DataContext.get_current().print_on_execution_start = False
-            # Batch numbers from the object store: no read tasks to compete with the actors.
-            work = ray.data.from_numpy(np.arange(len(batches)))
+            # Batch numbers from the object store (no read tasks to compete with the actors), in
+            # blocks enough for every actor to have work and a lost one to lose little.
+            blocks = min(len(batches), BLOCKS_PER_ACTOR * cluster.rank_actors)
+            work = ray.data.from_numpy(np.array_split(np.arange(len(batches)), blocks))
             ranked = work.map_batches(
                 RankActor,
                 fn_constructor_kwargs={
