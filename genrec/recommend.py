@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from genrec.artifacts import DATA, FINETUNE, MODEL, TRAIN
+from genrec.artifacts import DATA, FINETUNE, KEPT_TABLES, MODEL, TOKENIZER, TRAIN
 from genrec.config import config_from_dict
 from genrec.data_pipeline.prepared import EvalSet, latest_histories
 from genrec.errors import ConfigError, DataError
@@ -27,6 +27,8 @@ from genrec.trainer.engine import resolve_device
 from genrec.trainer.evaluate import RankingModel, batch_rows, load_ranking_model
 
 FINAL_MODELS = (f"{FINETUNE}/{MODEL}", f"{TRAIN}/{MODEL}")
+# Where a run's semantic-ID tables are: the tokenizer's, the kept checkpoints', learned ones.
+TABLE_STAGES = (TOKENIZER, KEPT_TABLES, TRAIN)
 
 
 def final_model(run_dir: Path) -> Path:
@@ -43,8 +45,8 @@ def trained_tables(run_dir: Path, checkpoint: Path) -> list[Path]:
     """The ID tables `checkpoint` was trained on, in its order, found in the run folder."""
     wanted = torch.load(checkpoint, map_location="cpu", weights_only=True)["semantic_ids"]
     found: dict[str, Path] = {}
-    for path in sorted(run_dir.rglob("*.parquet")):
-        if DATA not in path.relative_to(run_dir).parts[:1]:
+    for stage in TABLE_STAGES:
+        for path in sorted((run_dir / stage).rglob("*.parquet")):
             found.setdefault(file_digest(path), path)
     missing = [digest for digest in wanted if digest not in found]
     if missing:
@@ -143,14 +145,11 @@ class Recommender:
 
     def table(self, split: EvalSet, items: np.ndarray, scores: np.ndarray) -> pa.Table:
         """One row per (user, place): raw user id, rank (1 = best), raw item id, score."""
-        k = items.shape[1] if items.ndim == 2 else 0
-        kept = items >= 0
-        user_ids = _raw_ids(self.data_dir, "users")
+        k, kept = items.shape[1], items >= 0
+        users = np.repeat(split.users, k).reshape(-1, k)
         return pa.table(
             {
-                "user": user_ids[np.repeat(split.users, k).reshape(-1, k)[kept]]
-                if k
-                else user_ids[:0],
+                "user": _raw_ids(self.data_dir, "users")[users[kept]],
                 "rank": np.tile(np.arange(1, k + 1, dtype=np.int16), (len(items), 1))[kept],
                 "item": self.item_ids[items[kept]],
                 "score": scores[kept].astype(np.float32),
