@@ -23,15 +23,14 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow.parquet as pq
 import ray
 import torch
+from process_memory import PeakMemory
 
 from genrec.cluster.rank_pool import RankPool
 from genrec.config import load_config
@@ -47,20 +46,6 @@ from genrec.trainer.evaluate import LocalRanks, load_ranking_model, table_digest
 from genrec.trainer.model import GenerativeRecommender, ModelConfig
 
 LEVELS, CODES = 3, 256
-
-
-class PeakMemory(threading.Thread):
-    """Samples the RSS of the pool's actors; `peak` is the largest one seen (MiB)."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.stop, self.peak = threading.Event(), 0.0
-
-    def run(self) -> None:
-        while not self.stop.wait(0.2):
-            for process in psutil.process_iter(["cmdline", "memory_info"]):
-                if "RankActor" in " ".join(process.info["cmdline"] or []):
-                    self.peak = max(self.peak, process.info["memory_info"].rss / 2**20)
 
 
 def random_run(folder: Path, args: argparse.Namespace) -> tuple:
@@ -160,7 +145,7 @@ def main() -> None:
             cfg.cluster.rank_actors = actors
             cfg.cluster.threads_per_worker = 1
             pool = RankPool(cfg, checkpoint, tables, items)
-            memory = PeakMemory()
+            memory = PeakMemory("RankActor")
             memory.start()
             started = time.perf_counter()
             pool.ranks([sample], k)

@@ -15,32 +15,17 @@ ones.
 import argparse
 import resource
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import ray
+from process_memory import PeakMemory
 
 from genrec.cluster.retokenize import pool_codes
 from genrec.config import load_config
 from genrec.tokenizers.tables import kept_checkpoints, serial_codes
 from genrec.tokenizers.tokenize import fit_and_tokenize
-
-
-class ActorMemory(threading.Thread):
-    """Samples the RSS of the pool's actor processes; `peak` is the largest one seen."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.stop, self.peak = threading.Event(), 0.0
-
-    def run(self) -> None:
-        while not self.stop.wait(0.2):
-            for process in psutil.process_iter(["cmdline", "memory_info"]):
-                if "MapWorker" in " ".join(process.info["cmdline"] or []):
-                    self.peak = max(self.peak, process.info["memory_info"].rss / 2**20)
 
 
 def main() -> None:
@@ -77,7 +62,7 @@ def main() -> None:
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     for actors in (1, 2):
         cfg.cluster.retokenize_actors = actors
-        sampler = ActorMemory()
+        sampler = PeakMemory("MapWorker")
         sampler.start()
         started = time.perf_counter()
         codes, _ = pool_codes(checkpoints, folder / "items.npy", 0, args.items, cfg)
