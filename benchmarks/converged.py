@@ -290,7 +290,7 @@ def plot(runs: list[dict], sasrec: dict, path: Path) -> None:
     figure, (by_samples, by_seconds) = plt.subplots(1, 2, figsize=(13, 5))
     for ax in (by_samples, by_seconds):
         best = sasrec["best"]["valid"][SELECT]
-        ax.axhline(best, color="grey", linestyle="--", label="SASRec tuned")
+        ax.axhline(best, color="grey", linestyle="--", label="SASRec tuned (all validation users)")
     for run in runs:
         curve = run["training"]["curve"]
         values = [point[SELECT] for point in curve]
