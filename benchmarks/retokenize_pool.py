@@ -47,6 +47,7 @@ def main() -> None:
         [
             f"run_dir={folder}",
             "tokenizer.epochs=12",
+            "tokenizer.codebook_size=256",  # the default shape (no data stage sizes it here)
             f"tokenizer.keep_epochs={args.tables}",
             f"tokenizer.tables={args.tables}",
             f"cluster.retokenize_block={args.block}",

@@ -239,6 +239,17 @@ def test_codebook_size_of_a_catalogue():
     assert sizes == {2: 2, 5: 2, 147: 64, 511: 128, 512: 256, 578: 256, 12_101: 256}
 
 
+def test_an_unset_codebook_is_sized_where_a_tokenizer_is_built(tmp_path):
+    """Outside a run (no data stage): fitted on 50 items, 16 codes a level; built with no
+    catalogue at all, TIGER's 256."""
+    np.save(tmp_path / "few.npy", planted(n=50, dim=8)[0].numpy())
+    cfg = load_config([], [f"run_dir={tmp_path}", "tokenizer.epochs=2", "tokenizer.keep_epochs=1"])
+    assert cfg.tokenizer.codebook_size is None
+    out = tokenize(cfg, "fp", {"items": tmp_path / "few.npy"}, tmp_path / "t")
+    assert json.loads((out / "report.json").read_text())["items"]["codebook_size"] == 16
+    assert build_tokenizer(cfg.tokenizer, 8, seed=0).quantizer.levels[0].size == 256
+
+
 def test_bad_vectors(tmp_path):
     x = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
     x[7, 3] = np.nan

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from genrec.provenance import atomic_file
 from genrec.tokenizers.base import Tokenizer
-from genrec.tokenizers.config import TokenizerConfig, TokenizerName
+from genrec.tokenizers.config import CODEBOOK_SIZE, TokenizerConfig, TokenizerName
 from genrec.tokenizers.letter import Letter
 from genrec.tokenizers.mq import MaskedVQ
 from genrec.tokenizers.rqkmeans import RQKMeans
@@ -22,6 +22,10 @@ from genrec.tokenizers.rqvae import RQVAE
 def build_tokenizer(
     cfg: TokenizerConfig, input_dim: int, seed: int, cf_dim: int | None = None
 ) -> Tokenizer:
+    """The configured tokenizer, untrained; an unset codebook size, which a catalogue would
+    have sized (genrec.stages.data, `fit_and_tokenize`), is TIGER's 256."""
+    if cfg.codebook_size is None:
+        cfg = OmegaConf.merge(OmegaConf.structured(cfg), {"codebook_size": CODEBOOK_SIZE})
     if cfg.name is TokenizerName.rqkmeans:
         tok: Tokenizer = RQKMeans(
             input_dim, cfg.num_levels, cfg.codebook_size, cfg.kmeans_iters, seed

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from genrec.artifacts import (
@@ -41,7 +41,13 @@ from genrec.provenance import (
 from genrec.tokenizers.base import Tokenizer
 from genrec.tokenizers.checkpoints import build_tokenizer, save_tokenizer
 from genrec.tokenizers.collisions import collision_rate, dedup_codes, sinkhorn_resolve
-from genrec.tokenizers.config import READ_SIDE_KEYS, CollisionMode, TokenizerConfig, is_kept
+from genrec.tokenizers.config import (
+    READ_SIDE_KEYS,
+    CollisionMode,
+    TokenizerConfig,
+    catalogue_codebook_size,
+    is_kept,
+)
 from genrec.tokenizers.report import code_report, usage_collapse_levels
 
 log = logging.getLogger(__name__)
@@ -86,17 +92,18 @@ def load_vectors(path: Path, expected_rows: int | None = None) -> np.ndarray:
     return vectors.astype(np.float32, copy=False)
 
 
-def _check_sizes(cfg: DictConfig, rows: int) -> None:
-    if cfg.tokenizer.codebook_size is None:
+def sized(cfg: DictConfig, rows: int) -> DictConfig:
+    """The tokenizer's config with its codebook sized to `rows` where unset (the data stage
+    has sized it already on a run's own path); a size that is set must fit the rows."""
+    size = cfg.tokenizer.codebook_size
+    if size is None:
+        return OmegaConf.merge(cfg.tokenizer, {"codebook_size": catalogue_codebook_size(rows)})
+    if size > rows:
         raise ConfigError(
-            "config key 'tokenizer.codebook_size' is unset: the data stage (genrec.stages.data) "
-            "sizes it to the catalogue; give a size to tokenize without it"
-        )
-    if cfg.tokenizer.codebook_size > rows:
-        raise ConfigError(
-            f"config key 'tokenizer.codebook_size' ({cfg.tokenizer.codebook_size}) is larger than "
+            f"config key 'tokenizer.codebook_size' ({size}) is larger than "
             f"the number of items to tokenize ({rows})"
         )
+    return cfg.tokenizer
 
 
 class _EpochLog:
@@ -179,11 +186,11 @@ def fit_and_tokenize(
     """Fit one tokenizer in the new folder `out` and write its ID table (the `unseen` rows,
     coded but not fitted on, after the others); returns its report."""
     out.mkdir()
-    _check_sizes(cfg, len(vectors))
+    settings = sized(cfg, len(vectors))
     x = torch.from_numpy(vectors)
     cf_tensor = None if cf is None else torch.from_numpy(cf)
-    tok = build_tokenizer(cfg.tokenizer, x.shape[1], cfg.seed, None if cf is None else cf.shape[1])
-    epochs = _EpochLog(out, x, cfg.tokenizer)
+    tok = build_tokenizer(settings, x.shape[1], cfg.seed, None if cf is None else cf.shape[1])
+    epochs = _EpochLog(out, x, settings)
     started = time.perf_counter()
     tok.fit(x, cf_tensor, epochs)
     fit_seconds = time.perf_counter() - started
@@ -198,7 +205,7 @@ def fit_and_tokenize(
     distances = tok.last_level_distances(x).numpy() if sinkhorn else None
     ids = resolve_ids(codes, distances, cfg.tokenizer)
     pq.write_table(id_table(ids, id_column), out / SEMANTIC_IDS)
-    report = code_report(codes, cfg.tokenizer.codebook_size)
+    report = code_report(codes, settings.codebook_size)
     collapsed = usage_collapse_levels(report, cfg.tokenizer.collapse_warning_usage)
     if collapsed:
         log.warning(
