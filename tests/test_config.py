@@ -127,8 +127,8 @@ def test_every_key_has_a_description_that_genrec_config_prints():
         ("tokenizer.tables=3", r"'tokenizer.tables' \(3\) exceeds the checkpoints kept"),
         ("trainer.curriculum.tau=0", r"'trainer.curriculum.tau' must be > 0"),
         (
-            "trainer.curriculum.stage_epochs=[4,5]",
-            r"'trainer.curriculum.stage_epochs' \(\[4.0, 5.0\]\) span 9.0 epochs, more than",
+            "trainer.curriculum.stage_epochs=[100,101]",
+            r"'trainer.curriculum.stage_epochs' \(\[100.0, 101.0\]\) span 201.0 epochs, more",
         ),
         ("tokenizer.settle_lr=0", r"'tokenizer.settle_lr' must be in \(0, 1\]"),
         ("finetune.candidates=[1]", r"'finetune.candidates' \(\[1\]\) name tables beyond"),

@@ -147,15 +147,18 @@ def test_evaluate_refuses_ids_the_model_was_not_trained_on(finished_run):
 
 @pytest.mark.slow
 def test_genrec_run_on_the_synthetic_default_reaches_sasrec(tmp_path):
-    """The default budget ends near the validation plateau: on the test split the model is
-    within 10% of SASRec and far above popularity (README shows the figures; the users'
+    """The defaults train to the validation plateau: on the test split the model is within
+    15% of SASRec and far above popularity (README shows the figures: the causal encoder ends
+    about 10% below SASRec on this first-order log, the bidirectional one about 3%; the users'
     taste makes popular items of their favourite subcategories a fair guess, so popularity
     reaches about 0.2 R@10)."""
     done = genrec("run", f"run_dir={tmp_path}")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     model, baselines = metrics["test"], metrics["baselines"]
+    train = json.loads((tmp_path / "train" / "train.json").read_text())
+    assert train["epochs"] < train["config"]["trainer"]["epochs"], "stopped at the cap"
     for key in ("recall@10", "ndcg@10"):
-        assert model[key] > 0.9 * baselines["sasrec"]["test"][key], done.stdout
+        assert model[key] > 0.85 * baselines["sasrec"]["test"][key], done.stdout
         assert model[key] > 2 * baselines["popularity"]["test"][key], done.stdout
 
 

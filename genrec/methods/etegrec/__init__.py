@@ -44,7 +44,8 @@ ETEGREC = MethodSpec(
             "hidden_dims": [512, 256],
             "latent_dim": 128,
         },
-        "trainer": {"temperature": 1.0, "epochs": 8},
+        # A fixed alternation of tokenizer and recommender epochs, on a decaying schedule.
+        "trainer": {"temperature": 1.0, "epochs": 8, "min_lr_ratio": 0.05},
         "finetune": {"epochs": 4, "lr": 5e-4},
     },
     stages=("data", "tokenize", "train", "finetune", "evaluate"),

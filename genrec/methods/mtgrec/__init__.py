@@ -38,7 +38,9 @@ MTGREC = MethodSpec(
         },
         "trainer": {
             "temperature": 1.0,
+            # The curriculum's stages fill a fixed span, on a decaying schedule.
             "epochs": 6,
+            "min_lr_ratio": 0.05,
             "curriculum": {"stage_epochs": [2, 1, 1, 1], "tau": 1.0},
         },
         "finetune": {"epochs": 2, "lr": 2e-4},

@@ -56,7 +56,11 @@ def check(cfg: Any) -> None:
 TOKENREC = MethodSpec(
     name="tokenrec",
     summary="MQ tokens of users and items, preference vector, nearest-neighbour retrieval",
-    defaults={"tokenizer": {"name": "mq", "collisions": "dedup"}},
+    # History-coded user tokens (the default) need an encoder pass per prefix.
+    defaults={
+        "tokenizer": {"name": "mq", "collisions": "dedup"},
+        "trainer": {"model": {"encoder": "bidirectional"}},
+    },
     objective=retrieval_loss,
     ranker=retrieval,
     model_fields=model_fields,
