@@ -303,8 +303,9 @@ def test_a_worker_killed_from_outside_resumes_without_repeating_or_losing_rows(
 
 def test_a_failed_run_resumes_when_submitted_again(inputs, tmp_path):
     """Without restarts the drill ends the run with one line that says how to resume; the
-    same command again resumes from the newest checkpoint, and the audit holds."""
-    overrides = [f"run_dir={tmp_path}", *TINY, *FAULT]
+    same command again resumes from the newest checkpoint, and the audit holds (the prefix
+    examples' step count; the causal windows are drilled above)."""
+    overrides = [f"run_dir={tmp_path}", *TINY, *FAULT, "trainer.model.encoder=bidirectional"]
     failing = load_config([], [*overrides, "cluster.fail_at_step=55"])
     with pytest.raises(TrainingFailed, match=r"worker 1 was lost .*run the same command again"):
         train(failing, *inputs, tmp_path / "train")

@@ -455,6 +455,7 @@ def test_a_run_killed_in_a_tokenizer_epoch_resumes_there_and_keeps_its_ids(
     run_dir = Path("run")
     for stage in ("data", "features", "tokenizer"):
         shutil.copytree(Path(fixture_cfg.run_dir) / stage, run_dir / stage)
+    # Prefix examples, whose steps an epoch the manifest's count gives.
     examples = json.loads((data_dir / "manifest.json").read_text())["num_train_examples"]
     steps_per_epoch = math.ceil(examples / 64)
     fail_at = 2 * steps_per_epoch + steps_per_epoch // 2 + 1
@@ -464,6 +465,7 @@ def test_a_run_killed_in_a_tokenizer_epoch_resumes_there_and_keeps_its_ids(
         "trainer.checkpoint_every=5",
         "trainer.shuffle_buffer=64",  # few rows in flight to read again (see DataPosition)
         f"cluster.fail_at_step={fail_at}",
+        "trainer.model.encoder=bidirectional",
     ]
     cfg = load_config([], [f"run_dir={run_dir}", *TINY, *drill])
     results = json.loads(stages.evaluate(cfg).read_text())
