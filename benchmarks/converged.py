@@ -14,9 +14,9 @@ Command:
    2,000 users every `--validate-every` epochs (2; on Scientific a validation costs about as
    much as an epoch), the run stopping after `--patience` validations without a better
    NDCG@10 (at most `--cap` epochs; a run that reaches the cap is marked), a constant learning
-   rate after warm-up (so the cap does not shape the schedule), the causal encoder (more
-   quality per unit of wall time on Scientific and Office, BENCHMARKS.md "Causal encoder";
-   TokenRec's history-coded user tokens need the bidirectional one), then the test read once
+   rate after warm-up (so the cap does not shape the schedule; MTGRec and ETEGRec default to
+   a decaying one), each method's default encoder (causal; TokenRec's history-coded user
+   tokens need the bidirectional one), then the test read once
    with the selected model. The key=value overrides apply to every method run; `--tag`
    names a variant (e.g. `--tag small trainer.model.preset=small`). A method with a
    curriculum (MTGRec) has its stages in the official proportions scaled to the epochs TIGER
@@ -62,8 +62,6 @@ SASREC_GRID = {
     "max_len": [20, 50],
 }
 STUDY = ["evaluate.valid_users=2000", "trainer.min_lr_ratio=1.0"]
-# TokenRec codes each prefix's user tokens from that prefix, which one causal pass cannot do.
-BIDIRECTIONAL = {"tokenrec"}
 RUN_RECORD = "converged_run.json"
 # MTGRec's pretrain.sh: a warm-up of 30% of the 200 epochs, then 6 stages of 10% each.
 CURRICULUM_SHAPE = (0.3, 0.1)
@@ -115,12 +113,10 @@ def share_stages(root: Path, dataset: str, run_dir: Path, cfg: Any) -> None:
 
 
 def method_overrides(method: str, seed: int, args: argparse.Namespace, run_dir: Path) -> list:
-    encoder = "bidirectional" if method in BIDIRECTIONAL else "causal"
     return [
         f"run_dir={run_dir}",
         f"method={method}",
         f"seed={seed}",
-        f"trainer.model.encoder={encoder}",
         f"trainer.epochs={args.cap}",
         f"trainer.patience={args.patience}",
         *STUDY,
