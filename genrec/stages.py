@@ -50,14 +50,18 @@ def text_features(cfg: DictConfig) -> Path:
 
 def sasrec(cfg: DictConfig) -> Path:
     from genrec.cf.sasrec import train_sasrec
+    from genrec.cluster.cf_job import cf_runner
 
-    return train_sasrec(cfg, data(cfg), stage_dir(cfg.run_dir, artifacts.SASREC))
+    out = stage_dir(cfg.run_dir, artifacts.SASREC)
+    return train_sasrec(cfg, data(cfg), out, cf_runner(cfg))
 
 
 def lightgcn(cfg: DictConfig) -> Path:
     from genrec.cf.lightgcn import train_lightgcn
+    from genrec.cluster.cf_job import cf_runner
 
-    return train_lightgcn(cfg, data(cfg), stage_dir(cfg.run_dir, artifacts.LIGHTGCN))
+    out = stage_dir(cfg.run_dir, artifacts.LIGHTGCN)
+    return train_lightgcn(cfg, data(cfg), out, cf_runner(cfg))
 
 
 def features(cfg: DictConfig) -> dict[str, Path]:

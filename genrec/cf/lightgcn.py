@@ -13,6 +13,7 @@ the trained users' rows, so it is fitted on the kind of vector it codes in train
 evaluation, not on the layer-averaged user embeddings (whose norms and codes differ).
 """
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,14 @@ from genrec.artifacts import (
     ITEM_EMBEDDINGS,
     USER_EMBEDDINGS,
 )
-from genrec.cf.training import split_batches, train_cf_model
+from genrec.cf.training import (
+    ONE_PROCESS,
+    Runner,
+    Shard,
+    split_batches,
+    train_cf_model,
+    train_here,
+)
 from genrec.data_pipeline.prepared import EvalSet, PreparedData
 from genrec.data_pipeline.streaming import right_aligned
 from genrec.errors import DataError
@@ -42,7 +50,8 @@ NEGATIVE_RESAMPLE_ROUNDS = 10
 def normalized_adjacency(
     users: np.ndarray, items: np.ndarray, num_users: int, num_items: int
 ) -> torch.Tensor:
-    """D^-1/2 A D^-1/2 of the bipartite graph (users first, then items) as a sparse tensor."""
+    """D^-1/2 A D^-1/2 of the bipartite graph (users first, then items) as a sparse COO
+    tensor (coalesced; `compressed` turns it into what training multiplies with)."""
     size = num_users + num_items
     rows = np.concatenate([users, items + num_users])
     cols = np.concatenate([items + num_users, users])
@@ -51,6 +60,28 @@ def normalized_adjacency(
     indices = torch.from_numpy(np.stack([rows, cols]))
     values = torch.from_numpy(inv_sqrt[rows] * inv_sqrt[cols])
     return torch.sparse_coo_tensor(indices, values, (size, size), check_invariants=True).coalesce()
+
+
+def compressed(graph: torch.Tensor) -> torch.Tensor:
+    """The graph in CSR, whose products are row-parallel and deterministic."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+        return graph.to_sparse_csr()
+
+
+class Propagation(torch.autograd.Function):
+    """x -> A x for the symmetric graph A: the gradient is A grad, the same product again, so
+    autograd never transposes A (with CSR, forward and backward of a 3-layer propagation take
+    under half the time of COO `sparse.mm`; BENCHMARKS.md, "LightGCN at scale")."""
+
+    @staticmethod
+    def forward(ctx, graph: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.graph = graph
+        return graph @ x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+        return None, ctx.graph @ grad
 
 
 def propagated(history: torch.Tensor, items: torch.Tensor, degree: torch.Tensor) -> torch.Tensor:
@@ -97,11 +128,12 @@ class LightGCN(nn.Module):
         nn.init.normal_(self.items.weight, std=0.1)
 
     def forward(self, graph: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(user, item) embeddings: the mean of layers 0..L of propagation over `graph`."""
+        """(user, item) embeddings: the mean of layers 0..L of propagation over the symmetric
+        `graph` (CSR, from `compressed`)."""
         x = torch.cat([self.users.weight, self.items.weight])
         total = x
         for _ in range(self.layers):
-            x = torch.sparse.mm(graph, x)
+            x = Propagation.apply(graph, x)
             total = total + x
         return (total / (self.layers + 1)).split(
             [self.users.num_embeddings, self.items.num_embeddings]
@@ -109,17 +141,28 @@ class LightGCN(nn.Module):
 
 
 class LightGCNTrainer:
-    """BPR over every distinct (user, training item) edge, one sampled unseen negative each."""
+    """BPR over every distinct (user, training item) edge, one sampled unseen negative each.
 
-    def __init__(self, data: PreparedData, cfg: DictConfig, rng: np.random.Generator):
-        self.cfg, self.rng, self.device = cfg, rng, torch.device(cfg.device)
+    Every batch propagates the whole graph, so a batch costs what the graph costs, whatever
+    its size: at 10^7 edges, larger batches (fewer propagations an epoch) are what makes an
+    epoch affordable. Data-parallel ranks each hold the whole graph and train their part of
+    each batch (`Shard`): that spreads the BPR terms, not the propagation."""
+
+    def __init__(
+        self,
+        data: PreparedData,
+        cfg: DictConfig,
+        rng: np.random.Generator,
+        shard: Shard = ONE_PROCESS,
+    ):
+        self.cfg, self.rng, self.device, self.shard = cfg, rng, torch.device(cfg.device), shard
         self.num_items, self.num_users = data.num_items, data.num_users
         self.valid, self.holdout = data.valid, data.holdout
         users = np.repeat(np.arange(data.num_users), np.diff(data.train_offsets))
         self.edges = np.unique(users * data.num_items + data.train_items)
         self.users, self.positives = np.divmod(self.edges, data.num_items)
         graph = normalized_adjacency(self.users, self.positives, data.num_users, data.num_items)
-        self.graph = graph.to(self.device)
+        self.graph = compressed(graph).to(self.device)
         self.model = LightGCN(data.num_users, data.num_items, cfg.dim, cfg.layers).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
 
@@ -140,14 +183,17 @@ class LightGCNTrainer:
         batches = split_batches(order, self.cfg.batch_size)
         total = 0.0
         for rows in batches:
-            users = self.users[rows]
+            # Every rank draws the whole batch's negatives, so their generators stay in step.
+            negatives = self._negatives(self.users[rows])
+            mine = self.shard.take(np.arange(rows.size))
             batch = [
-                torch.from_numpy(ids).to(self.device)
-                for ids in (users, self.positives[rows], self._negatives(users))
+                torch.from_numpy(ids[mine]).to(self.device)
+                for ids in (self.users[rows], self.positives[rows], negatives)
             ]
             loss = self._loss(*batch)
             self.optimizer.zero_grad()
             loss.backward()
+            self.shard.average(self.model)
             self.optimizer.step()
             total += loss.item()
         return total / len(batches)
@@ -190,6 +236,10 @@ class LightGCNTrainer:
             np.save(out_dir / HOLDOUT_USER_EMBEDDINGS, unseen)
 
 
-def train_lightgcn(cfg: DictConfig, data_dir: Path, out_dir: Path) -> Path:
+def train_lightgcn(
+    cfg: DictConfig, data_dir: Path, out_dir: Path, runner: Runner = train_here
+) -> Path:
     """Train LightGCN on `data_dir` (or reuse out_dir) and write user/item_embeddings.npy etc."""
-    return train_cf_model("lightgcn", cfg, data_dir, out_dir, LightGCNTrainer, EXPORT_FORMAT)
+    return train_cf_model(
+        "lightgcn", cfg, data_dir, out_dir, LightGCNTrainer, EXPORT_FORMAT, runner
+    )

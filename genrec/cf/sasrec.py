@@ -17,7 +17,7 @@ from torch import nn
 
 from genrec.artifacts import ITEM_EMBEDDINGS, MODEL
 from genrec.cf.config import SASRecConfig, SASRecLoss
-from genrec.cf.training import split_batches, train_cf_model
+from genrec.cf.training import ONE_PROCESS, Runner, Shard, split_batches, train_cf_model, train_here
 from genrec.data_pipeline.prepared import EvalSet, PreparedData
 from genrec.data_pipeline.preprocess import ragged_gather
 from genrec.errors import DataError
@@ -154,10 +154,17 @@ def load_sasrec(out_dir: Path, device: str = "cpu") -> SASRec:
 
 
 class SASRecTrainer:
-    """Every position of a user's last max_len + 1 training items predicts its next item."""
+    """Every position of a user's last max_len + 1 training items predicts its next item; a
+    data-parallel rank trains its part of each batch's users (`Shard`)."""
 
-    def __init__(self, data: PreparedData, cfg: DictConfig, rng: np.random.Generator):
-        self.cfg, self.rng, self.device = cfg, rng, torch.device(cfg.device)
+    def __init__(
+        self,
+        data: PreparedData,
+        cfg: DictConfig,
+        rng: np.random.Generator,
+        shard: Shard = ONE_PROCESS,
+    ):
+        self.cfg, self.rng, self.device, self.shard = cfg, rng, torch.device(cfg.device), shard
         self.model = build_sasrec(data.num_items, cfg).to(self.device)
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
@@ -181,7 +188,7 @@ class SASRecTrainer:
 
     def train_epoch(self) -> float:
         batches = self.batches()
-        return sum(self.step(rows) for rows in batches) / len(batches)
+        return sum(self.step(self.shard.take(rows)) for rows in batches) / len(batches)
 
     def step(self, rows: np.ndarray) -> float:
         """One optimizer step on the users `rows`; returns the loss."""
@@ -191,6 +198,7 @@ class SASRecTrainer:
         loss = self._loss(self.model(inputs)[real], targets[real] - 1)
         self.optimizer.zero_grad()
         loss.backward()
+        self.shard.average(self.model)
         self.optimizer.step()
         return loss.item()
 
@@ -232,6 +240,8 @@ class SASRecTrainer:
         np.save(out_dir / ITEM_EMBEDDINGS, vectors)
 
 
-def train_sasrec(cfg: DictConfig, data_dir: Path, out_dir: Path) -> Path:
+def train_sasrec(
+    cfg: DictConfig, data_dir: Path, out_dir: Path, runner: Runner = train_here
+) -> Path:
     """Train SASRec on `data_dir` (or reuse out_dir) and write item_embeddings.npy etc."""
-    return train_cf_model("sasrec", cfg, data_dir, out_dir, SASRecTrainer)
+    return train_cf_model("sasrec", cfg, data_dir, out_dir, SASRecTrainer, runner=runner)

@@ -33,6 +33,9 @@ class ClusterConfig:
         {"CPU": 1.0}, "Ray resources per re-tokenizing actor (CPU, GPU fraction...)"
     )
     retokenize_block: int = option(16384, "items an actor codes per task")
+    cf_workers: int = option(
+        0, "Ray Train workers that train SASRec and LightGCN, data-parallel (0: in-process)"
+    )
     rank_actors: int = option(
         0, "actors of the pool that ranks users in genrec evaluate/recommend (0: in-process)"
     )
@@ -40,7 +43,7 @@ class ClusterConfig:
     def check(self) -> None:
         at_least(self, 1, "num_workers", "retokenize_actors", "retokenize_block")
         at_least(self, -1, "max_failures")
-        at_least(self, 0, "schedule_timeout_s", "fail_at_step", "rank_actors")
+        at_least(self, 0, "schedule_timeout_s", "fail_at_step", "rank_actors", "cf_workers")
         if self.threads_per_worker is not None:
             at_least(self, 1, "threads_per_worker")
         for key in ("resources_per_worker", "retokenize_resources"):

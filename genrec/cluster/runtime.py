@@ -63,17 +63,17 @@ def workers_that_fit(bundle: dict[str, float]) -> int:
     return total
 
 
-def require_resources(cluster: DictConfig) -> None:
-    """Waits up to `schedule_timeout_s` for room for every worker, then fails with a message
-    naming what is missing, instead of the run waiting for resources forever."""
-    bundle = worker_bundle(cluster)
+def require_resources(cluster: DictConfig, key: str = "num_workers") -> None:
+    """Waits up to `schedule_timeout_s` for room for every worker (`cluster[key]` of them),
+    then fails with a message naming what is missing, instead of waiting forever."""
+    bundle, workers = worker_bundle(cluster), cluster[key]
     deadline = time.monotonic() + cluster.schedule_timeout_s
-    while (fit := workers_that_fit(bundle)) < cluster.num_workers:
+    while (fit := workers_that_fit(bundle)) < workers:
         if time.monotonic() >= deadline:
             raise ConfigError(
-                f"cannot schedule cluster.num_workers={cluster.num_workers} workers of {bundle}: "
-                f"the cluster's nodes hold {fit} (resources: {ray.cluster_resources()}); lower "
-                "cluster.num_workers or cluster.resources_per_worker, or add nodes"
+                f"cannot schedule cluster.{key}={workers} workers of {bundle}: the cluster's "
+                f"nodes hold {fit} (resources: {ray.cluster_resources()}); lower "
+                f"cluster.{key} or cluster.resources_per_worker, or add nodes"
             )
-        log.info("waiting for resources: %d of %d workers fit", fit, cluster.num_workers)
+        log.info("waiting for resources: %d of %d workers fit", fit, workers)
         time.sleep(POLL_SECONDS)
