@@ -2,7 +2,7 @@
 
 Command:
     python benchmarks/sasrec_scale.py [--items 100000 1000000] [--users 400000]
-        [--losses ce sampled in_batch] [--steps 20]
+        [--losses ce sampled in_batch] [--steps 20] [--min-item-interactions 5]
 
 For each catalogue size, prepares a synthetic log (genrec prepare) and, for each loss, in a
 process of its own (so that its peak RSS is its own), builds SASRec's trainer (default
@@ -30,13 +30,14 @@ from genrec.data_pipeline.prepare import load_manifest, prepare
 from genrec.data_pipeline.prepared import load_prepared
 
 
-def prepared(items: int, users: int, folder: Path) -> Path:
+def prepared(items: int, users: int, folder: Path, min_item_interactions: int = 5) -> Path:
     cfg = load_config(
         [],
         [
             f"run_dir={folder}",
             f"data.synthetic.num_users={users}",
             f"data.synthetic.num_items={items}",
+            f"data.min_item_interactions={min_item_interactions}",
         ],
     )
     return prepare(cfg)
@@ -64,6 +65,12 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=400_000)
     parser.add_argument("--losses", nargs="+", default=["ce", "sampled", "in_batch"])
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument(
+        "--min-item-interactions",
+        type=int,
+        default=5,
+        help="the k-core's item side (1 keeps every item drawn: the 5-core leaves ~10^5 items)",
+    )
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)  # DATA_DIR LOSS STEPS
     args = parser.parse_args()
     if args.one:
@@ -71,7 +78,8 @@ def main() -> None:
         return
     memory = psutil.virtual_memory().total
     for items in args.items:
-        data_dir = prepared(items, args.users, Path(tempfile.mkdtemp(prefix="genrec-sasrec-")))
+        folder = Path(tempfile.mkdtemp(prefix="genrec-sasrec-"))
+        data_dir = prepared(items, args.users, folder, args.min_item_interactions)
         manifest = load_manifest(data_dir)
         print(
             f"{manifest['num_items']:,} items, {manifest['num_users']:,} users, "
