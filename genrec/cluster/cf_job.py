@@ -16,11 +16,11 @@ from typing import Any
 import ray.train
 import torch
 from omegaconf import DictConfig
-from ray.train import FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train import FailureConfig, RunConfig
+from ray.train.torch import TorchTrainer
 
 from genrec.cf.training import CFJob, Runner, Shard, train_here
-from genrec.cluster.runtime import ray_session, require_resources
+from genrec.cluster.runtime import ray_session, require_resources, worker_group
 from genrec.cluster.train_job import training_failure
 from genrec.config import config_from_dict
 from genrec.provenance import to_plain
@@ -59,12 +59,7 @@ def train_on_ray(job: CFJob, out: Path) -> None:
                 "make_trainer": job.make_trainer,
                 "key": job.key,
             },
-            torch_config=TorchConfig(backend="nccl" if cluster.use_gpu else "gloo"),
-            scaling_config=ScalingConfig(
-                num_workers=cluster.cf_workers,
-                use_gpu=cluster.use_gpu,
-                resources_per_worker=dict(cluster.resources_per_worker) or None,
-            ),
+            **worker_group(cluster, cluster.cf_workers),
             run_config=RunConfig(
                 name=name,
                 storage_path=str(storage),

@@ -6,9 +6,12 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import ray
 from omegaconf import DictConfig
+from ray.train import ScalingConfig
+from ray.train.torch import TorchConfig
 
 from genrec.errors import ConfigError
 
@@ -50,6 +53,19 @@ def ray_session(cluster: DictConfig, extra_cpus: float = 0.0) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def worker_group(cluster: DictConfig, workers: int) -> dict[str, Any]:
+    """A TorchTrainer's group of `workers` workers shaped by `cluster`: their resources (a GPU
+    each with `use_gpu`) and their process group's backend (NCCL on GPUs, gloo on CPUs)."""
+    return {
+        "torch_config": TorchConfig(backend="nccl" if cluster.use_gpu else "gloo"),
+        "scaling_config": ScalingConfig(
+            num_workers=workers,
+            use_gpu=cluster.use_gpu,
+            resources_per_worker=dict(cluster.resources_per_worker) or None,
+        ),
+    }
 
 
 def workers_that_fit(bundle: dict[str, float]) -> int:

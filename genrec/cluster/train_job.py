@@ -24,12 +24,12 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
 from ray.data import DataContext
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train import CheckpointConfig, FailureConfig, RunConfig
+from ray.train.torch import TorchTrainer
 from torch.utils.tensorboard import SummaryWriter
 
 from genrec.artifacts import MODEL, SELECT_METRIC, SEMANTIC_IDS, TRAIN_SUMMARY
-from genrec.cluster.runtime import ray_session, require_resources
+from genrec.cluster.runtime import ray_session, require_resources, worker_group
 from genrec.config import config_from_dict
 from genrec.data_pipeline.prepare import load_manifest
 from genrec.data_pipeline.ray_ingest import (
@@ -276,12 +276,7 @@ def train(cfg: DictConfig, data_dir: Path, tables: list[Path], out_dir: Path) ->
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=job,
-            torch_config=TorchConfig(backend="nccl" if cluster.use_gpu else "gloo"),
-            scaling_config=ScalingConfig(
-                num_workers=cluster.num_workers,
-                use_gpu=cluster.use_gpu,
-                resources_per_worker=dict(cluster.resources_per_worker) or None,
-            ),
+            **worker_group(cluster, cluster.num_workers),
             run_config=RunConfig(
                 name=name,
                 storage_path=str(storage),
