@@ -33,6 +33,7 @@ import torch
 from process_memory import PeakMemory
 
 from genrec.cluster.rank_pool import RankPool
+from genrec.cluster.runtime import forget_head
 from genrec.config import load_config
 from genrec.data_pipeline.prepare import load_manifest, prepare
 from genrec.data_pipeline.prepared import load_eval_set
@@ -164,6 +165,7 @@ def main() -> None:
         for node in reversed(nodes):
             node.kill()
             node.wait(timeout=120)
+        forget_head(int(address.rsplit(":", 1)[1]))
     driver = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"driver peak RSS: {driver:,.0f} MiB")
 

@@ -1,7 +1,6 @@
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +9,7 @@ import pytest
 import ray
 import torch
 
+from genrec.cluster.runtime import forget_head
 from genrec.config import load_config
 from genrec.trainer.engine import free_port
 
@@ -137,17 +137,6 @@ class RayHead:
 class JoinedNode:
     process: subprocess.Popen
     node_id: str
-
-
-def forget_head(port: int) -> None:
-    """Removes `ray start`'s record of this head (ray_current_cluster), as `ray stop` would
-    (but that stops every instance on the machine). A stale record sends Ray's state API to a
-    dead address: a later `genrec run` would print Ray Train's placement-group cleaner
-    timing out on it."""
-    base = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
-    record = Path(base) / "ray" / "ray_current_cluster"
-    if record.exists() and record.read_text().strip().endswith(f":{port}"):
-        record.unlink()
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,11 @@
 import logging
 import math
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -93,3 +95,13 @@ def require_resources(cluster: DictConfig, key: str = "num_workers") -> None:
             )
         log.info("waiting for resources: %d of %d workers fit", fit, workers)
         time.sleep(POLL_SECONDS)
+
+
+def forget_head(port: int) -> None:
+    """Removes `ray start`'s record of a head on `port` (/tmp/ray/ray_current_cluster), as
+    `ray stop` would (but that stops every instance on the machine): once the head is gone, a
+    stale record sends a later local run's Ray state API to a dead address."""
+    base = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
+    record = Path(base) / "ray" / "ray_current_cluster"
+    if record.exists() and record.read_text().strip().endswith(f":{port}"):
+        record.unlink()
