@@ -3,7 +3,7 @@ popularity baseline at 10^7 users, and the pool's metrics against one process.
 
 Command:
     python benchmarks/ranking_scale.py [--users 1000000] [--items 100000] [--sample 20000]
-        [--nodes 2] [--check-users 2000]
+        [--nodes 2] [--check-users 2000] [--min-item-interactions 5]
 
 1. Prepares a synthetic log of --users users and --items items (genrec prepare) and gives
    the items random semantic IDs (3 x 256 codes and the dedup code) and an untrained tiny
@@ -57,6 +57,7 @@ def random_run(folder: Path, args: argparse.Namespace) -> tuple:
             f"run_dir={folder}",
             f"data.synthetic.num_users={args.users}",
             f"data.synthetic.num_items={args.items}",
+            f"data.min_item_interactions={args.min_item_interactions}",
             "trainer.model.encoder=causal",
         ],
     )
@@ -116,6 +117,12 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=20_000)
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--check-users", type=int, default=2_000)
+    parser.add_argument(
+        "--min-item-interactions",
+        type=int,
+        default=5,
+        help="the k-core's item side (1 keeps every item drawn: the 5-core leaves ~10^5 items)",
+    )
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="genrec-bench-ranking-"))
     started = time.perf_counter()
