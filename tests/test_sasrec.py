@@ -148,7 +148,7 @@ def test_negatives_count_in_the_fingerprint_only_for_the_sampled_loss(synthetic,
     data = load_prepared(synthetic[0])
 
     def key(*overrides):
-        return run_fingerprint(data, _config(tmp_path, *overrides).sasrec, 0, 1)
+        return run_fingerprint(data.manifest, _config(tmp_path, *overrides).sasrec, 0, 1)
 
     assert key("sasrec.negatives=10") == key("sasrec.negatives=20")
     sampled = ("sasrec.loss=sampled",)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from genrec.artifacts import CF_METRICS, MODEL, SELECT_METRIC
 from genrec.cf.config import UNUSED_UNLESS
 from genrec.cf.popularity import popularity_metrics
+from genrec.data_pipeline.prepare import load_manifest
 from genrec.data_pipeline.prepared import EvalSet, PreparedData, load_prepared
 from genrec.errors import TrainingFailed
 from genrec.metrics import dot_product_ranks, ranking_metrics
@@ -165,15 +166,15 @@ def fit(
 
 
 def run_fingerprint(
-    data: PreparedData, model_cfg: DictConfig, seed: int, export_format: int
+    manifest: dict[str, Any], model_cfg: DictConfig, seed: int, export_format: int
 ) -> str:
-    """The data, the settings the weights depend on (a key of `UNUSED_UNLESS` only when the
-    setting it serves is chosen), the seed and the export format."""
+    """The data (its manifest's fingerprint), the settings the weights depend on (a key of
+    `UNUSED_UNLESS` only when the setting it serves is chosen), the seed and the export format."""
     settings = to_plain(model_cfg)
     for key, (other, value) in UNUSED_UNLESS.items():
         if key in settings and model_cfg[other] != value:
             del settings[key]
-    return fingerprint(data.manifest["fingerprint"], settings, seed, export_format)
+    return fingerprint(manifest["fingerprint"], settings, seed, export_format)
 
 
 TrainerFactory = Callable[[PreparedData, DictConfig, np.random.Generator, Shard], CFTrainer]
@@ -251,8 +252,7 @@ def train_cf_model(
     (best-epoch validation, test with the best weights, popularity) and TensorBoard logs in tb/.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    data = load_prepared(data_dir)
-    key = run_fingerprint(data, cfg[name], cfg.seed, export_format)
+    key = run_fingerprint(load_manifest(data_dir), cfg[name], cfg.seed, export_format)
     if made_with(out_dir / CF_METRICS, key):
         log.info("%s: reused %s (fingerprint %s)", name, out_dir, key)
         return out_dir
