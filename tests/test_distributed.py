@@ -422,3 +422,28 @@ def test_a_bad_key_inside_a_worker_ends_the_run_with_one_line_naming_it(inputs, 
     assert line == (
         "genrec train: error: config key 'trainer.device' is 'cuda' but no GPU is available"
     )
+
+
+def test_a_local_instance_beside_a_ray_start_head_asks_its_own_state_api(ray_cluster):
+    """The session's head wrote /tmp/ray/ray_current_cluster; a run's own local instance must
+    still resolve Ray's state API (Ray Train's placement-group cleaner asks it whether the
+    run's controller lives) to itself, in its workers, or the cleaner removes the run's group."""
+    script = (
+        "import ray\n"
+        "from genrec.cluster.runtime import ray_session\n"
+        "from genrec.config import load_config\n"
+        "@ray.remote\n"
+        "def state_api():\n"
+        "    from ray.dashboard.utils import get_address_for_submission_client\n"
+        "    return get_address_for_submission_client(None)\n"
+        "with ray_session(load_config([], []).cluster):\n"
+        "    own = ray._private.worker.global_worker.node.address_info['webui_url']\n"
+        "    print('own', own.split(':')[-1], 'asks', ray.get(state_api.remote()).split(':')[-1])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    own, asked = done.stdout.split()[-3], done.stdout.split()[-1]
+    assert asked == own, f"{done.stdout}: the head is on {ray_cluster.dashboard}"

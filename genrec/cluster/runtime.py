@@ -16,9 +16,11 @@ from ray.train import ScalingConfig
 from ray.train.torch import TorchConfig
 
 from genrec.errors import ConfigError
+from genrec.trainer.engine import free_port
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 2.0
+API_SERVER = "RAY_API_SERVER_ADDRESS"  # where Ray's state API calls go, inherited by workers
 
 
 def worker_bundle(cluster: DictConfig) -> dict[str, float]:
@@ -35,7 +37,10 @@ def ray_session(cluster: DictConfig, extra_cpus: float = 0.0) -> Iterator[None]:
     process) need, or what the re-tokenizing pool needs if more, so Ray Data's read tasks are
     never starved by the training workers, and a dashboard, which serves Ray's state API. It
     is always a new one (`address="local"`): a bare `ray.init()` would join whatever instance
-    /tmp/ray/ray_current_cluster names, even a dead one, while the user asked for none.
+    /tmp/ray/ray_current_cluster names, even a dead one, while the user asked for none. Its
+    processes get its dashboard as RAY_API_SERVER_ADDRESS, or Ray Train's placement-group
+    cleaner would ask the instance that record names (a `ray start` head on the same machine)
+    whether this run's controller lives, hear no, and take the workers away.
     """
     if ray.is_initialized():
         yield
@@ -50,11 +55,23 @@ def ray_session(cluster: DictConfig, extra_cpus: float = 0.0) -> Iterator[None]:
         pool = cluster.retokenize_resources.get("CPU", 1.0) * cluster.retokenize_actors
         need = max(worker_bundle(cluster)["CPU"] * cluster.num_workers + 1 + extra_cpus, pool)
         cpus = max(os.cpu_count() or 1, math.ceil(need))
-        ray.init(address="local", num_cpus=cpus, include_dashboard=True)
+        port, before = free_port(), os.environ.get(API_SERVER)
+        os.environ[API_SERVER] = f"http://127.0.0.1:{port}"
+        ray.init(address="local", num_cpus=cpus, include_dashboard=True, dashboard_port=port)
     try:
         yield
     finally:
         ray.shutdown()
+        if not address:
+            _restore(API_SERVER, before)
+
+
+def _restore(name: str, value: str | None) -> None:
+    """Puts an environment variable back as it was (unset if it was)."""
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def worker_group(cluster: DictConfig, workers: int) -> dict[str, Any]:
