@@ -18,9 +18,7 @@ Prints each figure and this command.
 """
 
 import argparse
-import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,10 +28,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import ray
 import torch
+from local_cluster import local_cluster
 from process_memory import PeakMemory
 
 from genrec.cluster.rank_pool import RankPool
-from genrec.cluster.runtime import forget_head
 from genrec.config import load_config
 from genrec.data_pipeline.prepare import load_manifest, prepare
 from genrec.data_pipeline.prepared import load_eval_set
@@ -42,7 +40,6 @@ from genrec.metrics import count_ranks, ranking_metrics
 from genrec.tokenizers.collisions import dedup_codes
 from genrec.tokenizers.tokenize import id_table
 from genrec.trainer.checkpoint import save_model
-from genrec.trainer.engine import free_port
 from genrec.trainer.evaluate import LocalRanks, load_ranking_model, table_digests
 from genrec.trainer.model import GenerativeRecommender, ModelConfig
 
@@ -81,33 +78,6 @@ def random_run(folder: Path, args: argparse.Namespace) -> tuple:
     return cfg, data_dir, [table], checkpoint, items
 
 
-def start_node(args: list[str], log: Path) -> subprocess.Popen:
-    """`ray start --block ...`, returned once up: killing it stops this node only (never
-    `ray stop`, which would stop every Ray instance on the machine)."""
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    ports = [f"--{name}-port={free_port()}" for name in ("metrics-export", "runtime-env-agent")]
-    command = [ray_bin, "start", "--block", "--node-ip-address=127.0.0.1", *ports, *args]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    with log.open("w") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    while "block forever" not in log.read_text():
-        if process.poll() is not None:
-            raise RuntimeError(log.read_text())
-        time.sleep(0.5)
-    return process
-
-
-def start_nodes(count: int, folder: Path) -> tuple[str, list[subprocess.Popen]]:
-    """A head and count - 1 more nodes on this machine, one CPU each."""
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    head = ["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false"]
-    nodes = [start_node([*head, "--disable-usage-stats"], folder / "head.log")]
-    for index in range(count - 1):
-        nodes.append(start_node([f"--address={address}", "--num-cpus=1"], folder / f"{index}.log"))
-    return address, nodes
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -144,10 +114,7 @@ def main() -> None:
     one_process = check.users.size / (time.perf_counter() - started)
     print(f"one process, {torch.get_num_threads()} threads: {one_process:,.0f} users/s")
 
-    address, nodes = start_nodes(args.nodes, folder)
-    try:
-        os.environ["RAY_AUTH_MODE"] = "disabled"
-        ray.init(address=address)
+    with local_cluster(args.nodes, folder):
         print(f"Ray nodes: {len([n for n in ray.nodes() if n['Alive']])}")
         for actors in (1, 2):
             cfg.cluster.rank_actors = actors
@@ -167,12 +134,6 @@ def main() -> None:
         (pooled,) = pool.ranks([check], k)
         same = ranking_metrics(pooled) == ranking_metrics(reference)
         print(f"pool metrics equal one process's on {check.users.size:,} users: {same}")
-    finally:
-        ray.shutdown()
-        for node in reversed(nodes):
-            node.kill()
-            node.wait(timeout=120)
-        forget_head(int(address.rsplit(":", 1)[1]))
     driver = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"driver peak RSS: {driver:,.0f} MiB")
 

@@ -89,11 +89,13 @@ def write_json(path: str | Path, obj: Any) -> None:
 def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Yield a scratch directory that replaces `final` only if the block succeeds.
 
-    A previous `final` survives any failure; on success it is swapped out, then removed.
+    A previous `final` survives any failure; on success it is swapped out, then removed. The
+    scratch is named for its process, so one left by a killed process is removed next time.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    _remove_orphans(final)
+    scratch = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-{os.getpid()}-"))
     try:
         yield scratch
     except BaseException:
@@ -107,6 +109,24 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     os.replace(scratch, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_orphans(final: Path) -> None:
+    """Scratch folders of `final` whose process is gone (killed before it could clean up)."""
+    for scratch in final.parent.glob(f".{final.name}.tmp-*-*"):
+        pid = scratch.name[len(f".{final.name}.tmp-") :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:

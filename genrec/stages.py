@@ -6,6 +6,7 @@ calling a stage twice, or running `genrec run` again, redoes nothing.
 import json
 import logging
 import shutil
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 def data(cfg: DictConfig) -> Path:
     """The prepared data; it also sizes what follows the catalogue and is left unset in `cfg`
     (`tokenizer.codebook_size`), so every later stage reads one value."""
-    out = prepare(cfg)
+    out = prepare(cfg, lambda: _ray_for_data(cfg))
     if cfg.tokenizer.codebook_size is None:
         items = load_manifest(out)["num_items"]
         cfg.tokenizer.codebook_size = catalogue_codebook_size(items)
@@ -42,6 +43,14 @@ def data(cfg: DictConfig) -> Path:
             items,
         )
     return out
+
+
+def _ray_for_data(cfg: DictConfig) -> AbstractContextManager:
+    """Ray for the data stages, spilling to `cluster.spill_dir` or under `run_dir`."""
+    from genrec.cluster.runtime import ray_session
+
+    spill = cfg.cluster.spill_dir or Path(cfg.run_dir) / "ray_spill"
+    return ray_session(cfg.cluster, spill_dir=spill)
 
 
 def text_features(cfg: DictConfig) -> Path:

@@ -39,6 +39,9 @@ class ClusterConfig:
     rank_actors: int = option(
         0, "actors of the pool that ranks users in genrec evaluate/recommend (0: in-process)"
     )
+    spill_dir: str | None = option(
+        None, "where a local Ray instance spills objects; null: run_dir/ray_spill"
+    )
 
     def check(self) -> None:
         at_least(self, 1, "num_workers", "retokenize_actors", "retokenize_block")

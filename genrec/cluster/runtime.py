@@ -1,5 +1,6 @@
 """Connecting to Ray and making sure the requested workers can be scheduled at all."""
 
+import json
 import logging
 import math
 import os
@@ -30,7 +31,9 @@ def worker_bundle(cluster: DictConfig) -> dict[str, float]:
 
 
 @contextmanager
-def ray_session(cluster: DictConfig, extra_cpus: float = 0.0) -> Iterator[None]:
+def ray_session(
+    cluster: DictConfig, extra_cpus: float = 0.0, spill_dir: str | Path | None = None
+) -> Iterator[None]:
     """Joins `cluster.address` (or RAY_ADDRESS), else starts a local instance for the run.
 
     The local instance gets a CPU more than the workers (and `extra_cpus`: a sweep's trial
@@ -40,7 +43,9 @@ def ray_session(cluster: DictConfig, extra_cpus: float = 0.0) -> Iterator[None]:
     /tmp/ray/ray_current_cluster names, even a dead one, while the user asked for none. Its
     processes get its dashboard as RAY_API_SERVER_ADDRESS, or Ray Train's placement-group
     cleaner would ask the instance that record names (a `ray start` head on the same machine)
-    whether this run's controller lives, hear no, and take the workers away.
+    whether this run's controller lives, hear no, and take the workers away. It spills objects
+    to `spill_dir` when given (a run's data can outgrow a small system temporary folder); a
+    cluster spills where its nodes were started to.
     """
     if ray.is_initialized():
         yield
@@ -57,7 +62,14 @@ def ray_session(cluster: DictConfig, extra_cpus: float = 0.0) -> Iterator[None]:
         cpus = max(os.cpu_count() or 1, math.ceil(need))
         port, before = free_port(), os.environ.get(API_SERVER)
         os.environ[API_SERVER] = f"http://127.0.0.1:{port}"
-        ray.init(address="local", num_cpus=cpus, include_dashboard=True, dashboard_port=port)
+        spilling = {"type": "filesystem", "params": {"directory_path": str(spill_dir)}}
+        ray.init(
+            address="local",
+            num_cpus=cpus,
+            include_dashboard=True,
+            dashboard_port=port,
+            _system_config={"object_spilling_config": json.dumps(spilling)} if spill_dir else None,
+        )
     try:
         yield
     finally:

@@ -21,6 +21,11 @@ class IdType(Enum):
     str = "str"
 
 
+class Engine(Enum):
+    local = "local"
+    ray = "ray"
+
+
 class BadRows(Enum):
     error = "error"
     skip = "skip"
@@ -66,7 +71,9 @@ class SyntheticConfig:
 @dataclass
 class DataConfig:
     format: DataFormat = option(DataFormat.synthetic, "input format (see README: Data formats)")
-    interactions: str | None = option(None, "the interaction file (any format but synthetic)")
+    interactions: str | None = option(
+        None, "the interaction file (any format but synthetic); log: also a folder or a glob"
+    )
     items: str | None = option(None, "the item table with text, where the format has none")
     id_type: IdType = option(IdType.auto, "read raw ids as int or str; auto: int if all are")
     user_column: str = option("user_id", "log format: the user column")
@@ -84,6 +91,9 @@ class DataConfig:
         0.0, "share of users kept out of training entirely, evaluated apart (unseen users)"
     )
     synthetic: SyntheticConfig = option(SyntheticConfig, "the built-in synthetic log")
+    engine: Engine = option(
+        Engine.local, "prepare in this process, or on Ray Data across the cluster (log, synthetic)"
+    )
 
     def check(self) -> None:
         if self.min_user_interactions < 3:
@@ -97,6 +107,10 @@ class DataConfig:
             raise Invalid("holdout_users", f"must be in [0, 1), got {self.holdout_users}")
         if self.format is not DataFormat.synthetic and not self.interactions:
             raise Invalid("interactions", f"is required for data.format={self.format.name}")
+        if self.engine is Engine.ray and self.format not in (DataFormat.log, DataFormat.synthetic):
+            raise Invalid(
+                "engine", f"ray prepares data.format=log or synthetic, not {self.format.name}"
+            )
 
 
 @dataclass

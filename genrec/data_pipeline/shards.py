@@ -71,43 +71,63 @@ def _npy_header(length: int) -> np.ndarray:
 def shard_bytes(
     users: np.ndarray, offsets: np.ndarray, items: np.ndarray, digits: int = _MIN_NAME_DIGITS
 ) -> bytes:
-    """A tar holding `items[offsets[u]:offsets[u+1]]` as `{u:0{digits}d}.items.npy` for each u.
+    """A tar holding `items[offsets[u]:offsets[u+1]]` as `{u:0{digits}d}.items.npy` for each u."""
+    local, payload = ragged_gather(items, offsets[users], offsets[users + 1])
+    return _tar(users, local, payload, digits)
+
+
+def _tar(keys: np.ndarray, offsets: np.ndarray, payload: np.ndarray, digits: int) -> bytes:
+    """A tar of member `{keys[k]:0{digits}d}.items.npy` = `payload[offsets[k]:offsets[k+1]]`.
 
     Laid out with array arithmetic: member k is a 512-byte header, a 128-byte .npy header and
     the int32 payload, padded to a multiple of 512 bytes.
     """
-    lengths = offsets[users + 1] - offsets[users]
+    lengths = np.diff(offsets)
     sizes = _NPY_HEADER_BYTES + 4 * lengths
     spans = _BLOCK + -(-sizes // _BLOCK) * _BLOCK
     starts = np.concatenate([[0], np.cumsum(spans)[:-1]])
     out = np.zeros(int(spans.sum()) + 2 * _BLOCK, dtype=np.uint8)
-    if users.size and len(str(int(users.max()))) > digits:
-        raise ValueError(f"user id {int(users.max())} does not fit a {digits}-digit member name")
-    out.reshape(-1, _BLOCK)[starts // _BLOCK] = _tar_headers(users, sizes, digits)
+    if keys.size and len(str(int(keys.max()))) > digits:
+        raise ValueError(f"user id {int(keys.max())} does not fit a {digits}-digit member name")
+    out.reshape(-1, _BLOCK)[starts // _BLOCK] = _tar_headers(keys, sizes, digits)
     unique = np.unique(lengths)
     npy = np.stack([_npy_header(int(n)) for n in unique])
     out.reshape(-1, _NPY_HEADER_BYTES)[(starts + _BLOCK) // _NPY_HEADER_BYTES] = npy[
         np.searchsorted(unique, lengths)
     ]
-    payload_offsets, payload = ragged_gather(items, offsets[users], offsets[users + 1])
-    word = np.repeat((starts + _BLOCK + _NPY_HEADER_BYTES) // 4 - payload_offsets[:-1], lengths)
+    word = np.repeat((starts + _BLOCK + _NPY_HEADER_BYTES) // 4 - offsets[:-1], lengths)
     out.view("<i4")[word + np.arange(payload.size)] = payload
     return out.tobytes()
+
+
+def write_shard(
+    path: Path, keys: np.ndarray, offsets: np.ndarray, payload: np.ndarray, digits: int
+) -> dict:
+    """Writes the shard of users `keys` (sequences as CSR `offsets`, `payload`) and returns
+    its manifest entry."""
+    blob = _tar(keys, offsets, payload, digits)
+    path.write_bytes(blob)
+    lengths = np.diff(offsets)
+    return {
+        "path": f"{path.parent.name}/{path.name}",
+        "users": int(keys.size),
+        "examples": int(np.maximum(lengths - 1, 0).sum()),
+        "bytes": len(blob),
+        "sha256": hashlib.sha256(blob).hexdigest(),
+    }
 
 
 def _write_shard(
     path: Path, users: np.ndarray, offsets: np.ndarray, items: np.ndarray, digits: int
 ) -> dict:
-    blob = shard_bytes(users, offsets, items, digits)
-    path.write_bytes(blob)
-    lengths = offsets[users + 1] - offsets[users]
-    return {
-        "path": f"{path.parent.name}/{path.name}",
-        "users": int(users.size),
-        "examples": int(np.maximum(lengths - 1, 0).sum()),
-        "bytes": len(blob),
-        "sha256": hashlib.sha256(blob).hexdigest(),
-    }
+    local, payload = ragged_gather(items, offsets[users], offsets[users + 1])
+    return write_shard(path, users, local, payload, digits)
+
+
+def shard_chunks(has_training: np.ndarray, users_per_shard: int, seed: int) -> list[np.ndarray]:
+    """The users of each shard, in order: those with a training item, shuffled (seeded)."""
+    users = np.random.default_rng(seed).permutation(np.flatnonzero(has_training))
+    return [users[i : i + users_per_shard] for i in range(0, max(users.size, 1), users_per_shard)]
 
 
 def write_shards(
@@ -117,9 +137,8 @@ def write_shards(
 
     Two threads build, hash and write shards side by side (numpy, hashing and I/O drop the GIL).
     """
-    users = np.random.default_rng(seed).permutation(np.flatnonzero(np.diff(offsets) > 0))
+    chunks = shard_chunks(np.diff(offsets) > 0, users_per_shard, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    chunks = [users[i : i + users_per_shard] for i in range(0, max(users.size, 1), users_per_shard)]
     paths = [out_dir / f"train-{index:06d}.tar" for index in range(len(chunks))]
     digits = [key_digits(offsets.size - 1)] * len(chunks)
     with ThreadPoolExecutor(max_workers=2) as pool:

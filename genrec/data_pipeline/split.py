@@ -30,10 +30,16 @@ class EvalSplit:
 def hold_out_users(seqs: Sequences, share: float, seed: int) -> tuple[Sequences, Sequences]:
     """(trained, held out): a seeded `share` of the users kept out of training, validation and
     test entirely, to be evaluated apart as users the models never saw."""
-    held = np.zeros(seqs.num_users, dtype=bool)
-    count = round(share * seqs.num_users)
-    held[np.random.default_rng([seed, 11]).choice(seqs.num_users, count, replace=False)] = True
+    held = held_out(seqs.num_users, share, seed)
     return _some_users(seqs, ~held), _some_users(seqs, held)
+
+
+def held_out(num_users: int, share: float, seed: int) -> np.ndarray:
+    """Which of `num_users` users are held out: a seeded `share` of them."""
+    held = np.zeros(num_users, dtype=bool)
+    count = round(share * num_users)
+    held[np.random.default_rng([seed, 11]).choice(num_users, count, replace=False)] = True
+    return held
 
 
 def _some_users(seqs: Sequences, chosen: np.ndarray) -> Sequences:
@@ -48,12 +54,18 @@ def list_array(offsets: np.ndarray, values: np.ndarray) -> pa.Array:
     return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
-def eval_split(seqs: Sequences, holdout: int, max_history: int) -> EvalSplit:
-    """Target = the item `holdout` positions from the end; history = up to max_history before it."""
-    stops = seqs.offsets[1:] - holdout
-    starts = np.maximum(seqs.offsets[:-1], stops - max_history)
-    offsets, history = ragged_gather(seqs.items, starts, stops)
-    return EvalSplit(np.arange(seqs.num_users), offsets, history, seqs.items[stops])
+def eval_split(
+    offsets: np.ndarray, items: np.ndarray, holdout: int, max_history: int, first_user: int = 0
+) -> EvalSplit:
+    """Target = the item `holdout` positions from the end; history = up to max_history before it.
+
+    The sequences are CSR (`offsets`, `items`) of consecutive users from `first_user`.
+    """
+    stops = offsets[1:] - holdout
+    starts = np.maximum(offsets[:-1], stops - max_history)
+    history_offsets, history = ragged_gather(items, starts, stops)
+    users = np.arange(first_user, first_user + offsets.size - 1)
+    return EvalSplit(users, history_offsets, history, items[stops])
 
 
 def train_sequences(seqs: Sequences) -> tuple[np.ndarray, np.ndarray]:

@@ -126,29 +126,39 @@ def _drift(cat: Catalog, cfg: SyntheticConfig, taste: np.ndarray, rng: np.random
 
 
 def generate(cfg: SyntheticConfig) -> Iterator[pa.RecordBatch]:
-    """Record batches (user, item) in time order per user, one chunk of users at a time.
+    """Record batches (user, item) in time order per user, one chunk of users at a time."""
+    cat = build_catalog(cfg)
+    for start in chunk_starts(cfg):
+        yield generate_chunk(cfg, cat, start)
+
+
+def chunk_starts(cfg: SyntheticConfig) -> range:
+    """The first user of each chunk; chunks are seeded apart, so any process can make any one."""
+    return range(0, cfg.num_users, cfg.users_per_chunk)
+
+
+def generate_chunk(cfg: SyntheticConfig, cat: Catalog, start: int) -> pa.RecordBatch:
+    """The chunk of users from `start`: (user, item) in time order per user.
 
     Users of a chunk are ordered by decreasing length, so step t only touches the prefix of
     users still active and the work is proportional to the interactions generated. Each
     user's first item comes from one of their favourite subcategories.
     """
-    cat = build_catalog(cfg)
-    for start in range(0, cfg.num_users, cfg.users_per_chunk):
-        n = min(cfg.users_per_chunk, cfg.num_users - start)
-        rng = np.random.default_rng([cfg.seed, start])
-        extra = rng.geometric(1.0 / max(cfg.mean_length - 4.0, 1.0), n) - 1
-        lengths = -np.sort(-np.minimum(5 + extra, cfg.max_length))
-        active = np.searchsorted(-lengths, -np.arange(int(lengths[0])), side="left")
-        taste = _pick(cat.leaf_table, rng, n * cfg.taste_subcategories).reshape(n, -1)
-        seq = np.zeros((n, int(lengths[0])), dtype=np.int32)
-        seq[:, 0] = cat.leaf_items[taste[:, 0], _pick(cat.rank_table, rng, n)]
-        for t in range(1, seq.shape[1]):
-            m = active[t]
-            _drift(cat, cfg, taste[:m], rng)
-            seq[:m, t] = _next_items(cat, cfg, seq[:m, t - 1], taste[:m], rng)
-        mask = np.arange(seq.shape[1])[None, :] < lengths[:, None]
-        users = np.repeat(np.arange(start, start + n, dtype=np.int64), lengths)
-        yield pa.record_batch({"user": users, "item": seq[mask].astype(np.int64)})
+    n = min(cfg.users_per_chunk, cfg.num_users - start)
+    rng = np.random.default_rng([cfg.seed, start])
+    extra = rng.geometric(1.0 / max(cfg.mean_length - 4.0, 1.0), n) - 1
+    lengths = -np.sort(-np.minimum(5 + extra, cfg.max_length))
+    active = np.searchsorted(-lengths, -np.arange(int(lengths[0])), side="left")
+    taste = _pick(cat.leaf_table, rng, n * cfg.taste_subcategories).reshape(n, -1)
+    seq = np.zeros((n, int(lengths[0])), dtype=np.int32)
+    seq[:, 0] = cat.leaf_items[taste[:, 0], _pick(cat.rank_table, rng, n)]
+    for t in range(1, seq.shape[1]):
+        m = active[t]
+        _drift(cat, cfg, taste[:m], rng)
+        seq[:m, t] = _next_items(cat, cfg, seq[:m, t - 1], taste[:m], rng)
+    mask = np.arange(seq.shape[1])[None, :] < lengths[:, None]
+    users = np.repeat(np.arange(start, start + n, dtype=np.int64), lengths)
+    return pa.record_batch({"user": users, "item": seq[mask].astype(np.int64)})
 
 
 def item_table(cfg: SyntheticConfig) -> pa.Table:

@@ -1,6 +1,9 @@
-"""Interaction logs as CSV/TSV/Parquet with user, item and timestamp columns."""
+"""Interaction logs as CSV/TSV/Parquet/JSON lines with user, item and timestamp columns: one
+file, or many (a folder or a glob) read one by one and joined in name order."""
 
+import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from functools import reduce
 from pathlib import Path
@@ -9,16 +12,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from genrec.data_pipeline.config import BadRows, DataConfig
 from genrec.data_pipeline.raw_log import RawLog
-from genrec.data_pipeline.readers.files import existing_file
+from genrec.data_pipeline.readers.files import log_files, log_kind, open_text
 from genrec.data_pipeline.readers.ids import parse_ids
 from genrec.data_pipeline.readers.item_text import optional_item_table
 from genrec.errors import DataError
 
-DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t"}
+DELIMITERS = {".csv": ",", ".tsv": "\t"}
 
 
 def _read_delimited(
@@ -77,12 +81,15 @@ def read_columns(
     """
     source = str(path)
     skip_bad = on_bad_rows is BadRows.skip
-    if path.suffix in (".parquet", ".pq"):
+    kind = log_kind(path)
+    if kind == ".parquet":
         table, skipped, first_line = pq.read_table(path), 0, 0
+    elif kind == ".jsonl" and delimiter is None:
+        table, skipped, first_line = _read_json_lines(path), 0, 1
     else:
-        sep = delimiter or DELIMITERS.get(path.suffix)
+        sep = delimiter or DELIMITERS.get(kind)
         if sep is None:
-            raise DataError(source, "unknown log file type; use .csv, .tsv or .parquet")
+            raise DataError(source, "unknown log file type; use .csv, .tsv, .parquet or .jsonl")
         table, skipped, first_line = _read_delimited(path, sep, skip_bad, names, content)
     missing = [c for c in columns if c not in table.column_names]
     if missing:
@@ -101,6 +108,21 @@ def read_columns(
         skipped += table.num_rows - pc.sum(valid).as_py()
         table = table.filter(valid)
     return table, skipped, first_line
+
+
+def _read_json_lines(path: Path) -> pa.Table:
+    """One JSON object a line; on a parse error, the first bad line is found and named."""
+    try:
+        return pajson.read_json(path)
+    except pa.ArrowInvalid as err:
+        with open_text(path) as f:
+            for number, line in enumerate(f, 1):
+                try:
+                    if not isinstance(json.loads(line), dict):
+                        raise DataError(str(path), f"line {number}: not a JSON object")
+                except json.JSONDecodeError as bad:
+                    raise DataError(str(path), f"line {number}: invalid JSON ({bad.msg})") from err
+        raise DataError(str(path), f"cannot parse: {err}") from err
 
 
 def _row_name(row: int, first_line: int) -> str:
@@ -142,8 +164,19 @@ def _is_time(text: object) -> bool:
         return False
 
 
-def read_log(cfg: DataConfig) -> RawLog:
-    path = existing_file(cfg.interactions)
+@dataclass
+class LogPart:
+    """One log file's interactions: raw ids typed per `data.id_type`, the order key and the
+    rows skipped as malformed."""
+
+    users: pa.Array
+    items: pa.Array
+    times: np.ndarray
+    skipped: int
+
+
+def read_log_part(path: Path, cfg: DataConfig) -> LogPart:
+    """A log file's user, item and time columns, every bad value named by file and line."""
     source = str(path)
     columns = [cfg.user_column, cfg.item_column, cfg.time_column]
     table, skipped, first_line = read_columns(path, columns, cfg.on_bad_rows)
@@ -151,19 +184,40 @@ def read_log(cfg: DataConfig) -> RawLog:
     def where(i: int) -> str:
         return _row_name(i, first_line)
 
-    users = parse_ids(
-        table[cfg.user_column].combine_chunks(), cfg.id_type, source, where, "user id"
-    )
-    items = parse_ids(
-        table[cfg.item_column].combine_chunks(), cfg.id_type, source, where, "item id"
-    )
+    def ids(column: str, what: str) -> pa.Array:
+        return parse_ids(table[column].combine_chunks(), cfg.id_type, source, where, what)
+
     times = order_key(table[cfg.time_column], source, cfg.time_column, where)
+    return LogPart(ids(cfg.user_column, "user id"), ids(cfg.item_column, "item id"), times, skipped)
+
+
+def common_ids(arrays: Sequence[pa.Array]) -> list[pa.Array]:
+    """Ids of several files as one type: int64 where every file's are integers, else strings
+    (what one file holding all the rows would have been read as)."""
+    if all(pa.types.is_integer(a.type) for a in arrays):
+        return list(arrays)
+    return [pc.cast(a, pa.string()) for a in arrays]
+
+
+def common_times(times: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Order keys of several files as one dtype: float64 if any file's are fractional."""
+    if all(t.dtype == np.int64 for t in times):
+        return list(times)
+    return [t.astype(np.float64) for t in times]
+
+
+def read_log(cfg: DataConfig) -> RawLog:
+    files = log_files(cfg.interactions)
+    parts = [read_log_part(path, cfg) for path in files]
+    users = pa.concat_arrays(common_ids([p.users for p in parts]))
+    items = pa.concat_arrays(common_ids([p.items for p in parts]))
+    times = np.concatenate(common_times([p.times for p in parts]))
     table = optional_item_table(cfg.items, cfg.item_id_column, cfg.text_columns, items)
     return RawLog(
         users=users,
         items=items,
         times=times,
         item_table=table,
-        sources=[source, *([cfg.items] if cfg.items else [])],
-        skipped_rows=skipped,
+        sources=[*map(str, files), *([cfg.items] if cfg.items else [])],
+        skipped_rows=sum(p.skipped for p in parts),
     )
