@@ -54,7 +54,8 @@ def _ray_for_data(cfg: DictConfig) -> AbstractContextManager:
 
 
 def text_features(cfg: DictConfig) -> Path:
-    return embed_items(cfg, data(cfg), stage_dir(cfg.run_dir, artifacts.TEXT_FEATURES))
+    out = stage_dir(cfg.run_dir, artifacts.TEXT_FEATURES)
+    return embed_items(cfg, data(cfg), out, lambda: _ray_for_data(cfg))
 
 
 def sasrec(cfg: DictConfig) -> Path:

@@ -93,6 +93,18 @@ def test_two_fresh_runs_are_identical(tmp_path: Path, data_dir: Path) -> None:
     np.testing.assert_allclose(first, second, atol=1e-6, rtol=0)
 
 
+def test_two_text_actors_embed_as_one_process(ray_cluster, tmp_path: Path) -> None:
+    """`cluster.text_actors=2`: a Ray Data actor pool, each actor handed its blocks of the
+    items, gives every item the vector the in-process model gives it, in item order."""
+    many = {key: values * 6 for key, values in ITEMS.items()}
+    many["raw_id"] = [f"B{index:03d}" for index in range(len(many["raw_id"]))]
+    data_dir = _write_dataset(tmp_path / "many", many, TEXT_COLUMNS)
+    here = _embed(tmp_path, data_dir, "here")
+    pooled = _embed(tmp_path, data_dir, "pool", "cluster.text_actors=2")
+    assert json.loads((tmp_path / "pool" / META).read_text())["actors"] == 2
+    np.testing.assert_allclose(pooled, here, atol=1e-5, rtol=0)
+
+
 def test_same_settings_reuse_the_output(
     tmp_path: Path, data_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -39,6 +39,9 @@ class ClusterConfig:
     rank_actors: int = option(
         0, "actors of the pool that ranks users in genrec evaluate/recommend (0: in-process)"
     )
+    text_actors: int = option(
+        0, "actors of the pool that embeds item text in genrec features (0: in-process)"
+    )
     spill_dir: str | None = option(
         None, "where a local Ray instance spills objects; null: run_dir/ray_spill"
     )
@@ -47,6 +50,7 @@ class ClusterConfig:
         at_least(self, 1, "num_workers", "retokenize_actors", "retokenize_block")
         at_least(self, -1, "max_failures")
         at_least(self, 0, "schedule_timeout_s", "fail_at_step", "rank_actors", "cf_workers")
+        at_least(self, 0, "text_actors")
         if self.threads_per_worker is not None:
             at_least(self, 1, "threads_per_worker")
         for key in ("resources_per_worker", "retokenize_resources"):

