@@ -33,7 +33,8 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=2000)
     args = parser.parse_args()
     run_dir = Path(tempfile.mkdtemp(prefix="genrec-bench-text-"))
-    sizes = [f"data.synthetic.num_items={args.items}", f"data.synthetic.num_users={args.items * 10}"]
+    users = args.items * 10
+    sizes = [f"data.synthetic.num_items={args.items}", f"data.synthetic.num_users={users}"]
     data_dir = prepare(load_config([], [f"run_dir={run_dir}", *sizes]))
     vectors = {}
     for actors in (0, 1, 2):
