@@ -1,0 +1,110 @@
+"""The training stream's examples/s per worker, without a model: what a worker's CPU can feed
+its device (issue 31's "before"; goal there: 10x).
+
+Command:
+    python benchmarks/stream_throughput.py [DATASET ...] [--seconds 60] [--set key=value ...]
+
+For each dataset (a preset of configs/datasets, or `default` for the built-in synthetic log;
+default: default, amazon14_beauty, synthetic_long) it prepares the data, gives the items random
+semantic IDs (3 x 256 codes and the dedup code), then runs one worker's part of training as
+`genrec train` runs it, minus the model: the shards' sequences in blocks of 256 as Ray Data
+hands them over, `stream_batches` (prefix or window cutting, shuffle buffer, length grouping,
+collation, row accounting) and `Batch.coded` (each item's codes looked up) at the default
+batch size, for --seconds. Prints targets/s and batches/s, and where the time goes.
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from genrec.cluster.train_job import SEQUENCES_PER_READ
+from genrec.config import load_config
+from genrec.data_pipeline.prepare import load_manifest, prepare
+from genrec.data_pipeline.ray_ingest import PositionTracker, stream_batches
+from genrec.data_pipeline.shards import read_shard
+from genrec.tokenizers.collisions import dedup_codes
+from genrec.tokenizers.tokenize import id_table
+from genrec.trainer.config import batch_plan, window_stride
+from genrec.trainer.item_codes import ItemCodes
+from genrec.trainer.objective import Batch, targets_in
+
+LEVELS, CODES = 3, 256
+PRESETS = Path(__file__).resolve().parents[1] / "configs" / "datasets"
+
+
+def blocks(data_dir: Path):
+    """Every shard's sequences, over and over, in blocks as Ray Data hands them to a worker."""
+    shards = load_manifest(data_dir)["shards"]
+    for unit in range(10**9):
+        shard = shards[unit % len(shards)]
+        rows = list(read_shard(data_dir / shard["path"]))
+        for start in range(0, len(rows), SEQUENCES_PER_READ):
+            part = rows[start : start + SEQUENCES_PER_READ]
+            yield {
+                "unit": np.full(len(part), unit),
+                "row": np.arange(start, start + len(part)),
+                "user": np.array([user for user, _ in part]),
+                "items": np.array([items for _, items in part] + [None], dtype=object)[:-1],
+            }
+
+
+def measure(name: str, seconds: float, run_dir: Path, overrides: list[str]) -> None:
+    files = [] if name == "default" else [str(PRESETS / f"{name}.yaml")]
+    cfg = load_config(files, [f"run_dir={run_dir / name}", *overrides])
+    data_dir = prepare(cfg)
+    items = load_manifest(data_dir)["num_items"]
+    ids = dedup_codes(np.random.default_rng(0).integers(0, CODES, (items, LEVELS)))
+    table = run_dir / name / "semantic_ids.parquet"
+    pq.write_table(id_table(ids, "item"), table)
+    codes = ItemCodes.load([table], items, CODES)
+    stream = stream_batches(
+        blocks(data_dir),
+        PositionTracker(),
+        cfg.data.max_history,
+        batch_plan(cfg.trainer, 1)[0],
+        cfg.trainer.shuffle_buffer,
+        np.random.default_rng(0),
+        stride=window_stride(cfg),
+    )
+    targets = batches = 0
+    coding = 0.0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        rows = next(stream)
+        begun = time.perf_counter()
+        Batch.coded(rows, codes, torch.device("cpu"))
+        coding += time.perf_counter() - begun
+        targets, batches = targets + targets_in(rows), batches + 1
+    wall = time.perf_counter() - started
+    print(
+        f"{name}: {targets / wall:,.0f} targets/s, {batches / wall:.1f} batches/s of "
+        f"{batch_plan(cfg.trainer, 1)[0]} ({cfg.trainer.model.encoder} encoder), "
+        f"{100 * coding / wall:.0f}% of the time in the code lookup"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "datasets", nargs="*", default=["default", "amazon14_beauty", "synthetic_long"]
+    )
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--set", nargs="*", default=[], help="key=value config overrides")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # one worker's share of a core, as under Ray Train here
+    run_dir = Path(tempfile.mkdtemp(prefix="genrec-bench-stream-"))
+    for name in args.datasets:
+        measure(name, args.seconds, run_dir, args.set)
+    print(f"command: python benchmarks/stream_throughput.py {' '.join(sys.argv[1:])}")
+
+
+if __name__ == "__main__":
+    main()
