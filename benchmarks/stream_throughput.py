@@ -2,7 +2,8 @@
 its device (issue 31's "before"; goal there: 10x).
 
 Command:
-    python benchmarks/stream_throughput.py [DATASET ...] [--seconds 60] [--set key=value ...]
+    python benchmarks/stream_throughput.py [DATASET ...] [--seconds 60] [--ray]
+        [--set key=value ...]
 
 For each dataset (a preset of configs/datasets, or `default` for the built-in synthetic log;
 default: default, amazon14_beauty, synthetic_long) it prepares the data, gives the items random
@@ -10,23 +11,34 @@ semantic IDs (3 x 256 codes and the dedup code), then runs one worker's part of 
 `genrec train` runs it, minus the model: the shards' sequences in blocks of 256 as Ray Data
 hands them over, `stream_batches` (prefix or window cutting, shuffle buffer, length grouping,
 collation, row accounting) and `Batch.coded` (each item's codes looked up) at the default
-batch size, for --seconds. Prints targets/s and batches/s, and where the time goes.
+batch size, for --seconds. With --ray the sequences come through Ray Data's training stream
+(`training_stream`: a read task per work unit, on a local Ray instance) instead of being read
+here. Prints targets/s and batches/s, and the share of the code lookup.
 """
 
 import argparse
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import ray
 import torch
 
+from genrec.cluster.runtime import ray_session
 from genrec.cluster.train_job import SEQUENCES_PER_READ
 from genrec.config import load_config
 from genrec.data_pipeline.prepare import load_manifest, prepare
-from genrec.data_pipeline.ray_ingest import PositionTracker, stream_batches
+from genrec.data_pipeline.ray_ingest import (
+    DataPosition,
+    PositionTracker,
+    start_board,
+    stream_batches,
+    training_stream,
+)
 from genrec.data_pipeline.shards import read_shard
 from genrec.tokenizers.collisions import dedup_codes
 from genrec.tokenizers.tokenize import id_table
@@ -54,7 +66,16 @@ def blocks(data_dir: Path):
             }
 
 
-def measure(name: str, seconds: float, run_dir: Path, overrides: list[str]) -> None:
+def ray_blocks(data_dir: Path, seed: int):
+    """The same sequences through Ray Data's training stream (its read tasks, one block per
+    work unit), as the worker's `iter_batches` receives them."""
+    board = start_board()
+    ray.get(board.start.remote(DataPosition().state_dict(), 0))
+    stream = training_stream(data_dir, 1000, seed, board)
+    return stream.iter_batches(batch_size=SEQUENCES_PER_READ, batch_format="numpy")
+
+
+def measure(name: str, seconds: float, run_dir: Path, overrides: list[str], on_ray: bool) -> None:
     files = [] if name == "default" else [str(PRESETS / f"{name}.yaml")]
     cfg = load_config(files, [f"run_dir={run_dir / name}", *overrides])
     data_dir = prepare(cfg)
@@ -64,7 +85,7 @@ def measure(name: str, seconds: float, run_dir: Path, overrides: list[str]) -> N
     pq.write_table(id_table(ids, "item"), table)
     codes = ItemCodes.load([table], items, CODES)
     stream = stream_batches(
-        blocks(data_dir),
+        ray_blocks(data_dir, cfg.seed) if on_ray else blocks(data_dir),
         PositionTracker(),
         cfg.data.max_history,
         batch_plan(cfg.trainer, 1)[0],
@@ -83,7 +104,8 @@ def measure(name: str, seconds: float, run_dir: Path, overrides: list[str]) -> N
         targets, batches = targets + targets_in(rows), batches + 1
     wall = time.perf_counter() - started
     print(
-        f"{name}: {targets / wall:,.0f} targets/s, {batches / wall:.1f} batches/s of "
+        f"{name}{' through Ray Data' if on_ray else ''}: {targets / wall:,.0f} targets/s, "
+        f"{batches / wall:.1f} batches/s of "
         f"{batch_plan(cfg.trainer, 1)[0]} ({cfg.trainer.model.encoder} encoder), "
         f"{100 * coding / wall:.0f}% of the time in the code lookup"
     )
@@ -98,11 +120,13 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--set", nargs="*", default=[], help="key=value config overrides")
+    parser.add_argument("--ray", action="store_true", help="read through Ray Data's stream")
     args = parser.parse_args()
     torch.set_num_threads(1)  # one worker's share of a core, as under Ray Train here
     run_dir = Path(tempfile.mkdtemp(prefix="genrec-bench-stream-"))
-    for name in args.datasets:
-        measure(name, args.seconds, run_dir, args.set)
+    with ray_session(load_config([], []).cluster) if args.ray else nullcontext():
+        for name in args.datasets:
+            measure(name, args.seconds, run_dir, args.set, args.ray)
     print(f"command: python benchmarks/stream_throughput.py {' '.join(sys.argv[1:])}")
 
 
