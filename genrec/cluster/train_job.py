@@ -47,7 +47,7 @@ from genrec.provenance import atomic_file, made_with, to_plain, write_json
 from genrec.tokenizers.tokenize import id_table_bytes
 from genrec.trainer.config import batch_plan, window_stride
 from genrec.trainer.item_codes import ItemCodes
-from genrec.trainer.train import Loop, train_fingerprint
+from genrec.trainer.train import Loop, train_fingerprint, validation_sample
 
 log = logging.getLogger(__name__)
 SEQUENCES_PER_READ = 256
@@ -73,7 +73,8 @@ class Worker:
         torch.set_num_threads(self.cfg.cluster.threads_per_worker or max(1, shared))
         method = method_spec(self.cfg.method)
         tables = [Path(path) for path in job["tables"]]
-        self.loop = Loop(self.cfg, self.data_dir, tables, job["key"], method)
+        valid = ray.get(job["valid"]) if "valid" in job else None
+        self.loop = Loop(self.cfg, self.data_dir, tables, job["key"], method, valid)
         self.sizes = unit_sizes(self.data_dir, self.cfg.trainer.epochs, self.cfg.seed)
         self.position = DataPosition()
         self.loop.states["data_position"] = self.position
@@ -271,6 +272,8 @@ def train(cfg: DictConfig, data_dir: Path, tables: list[Path], out_dir: Path) ->
             "key": key,
             "board": board,
             "storage": str(storage / name),
+            # Read once here and shared: not every rank reading the whole split for a sample.
+            "valid": ray.put(validation_sample(cfg, data_dir)),
         }
         stream = training_stream(job["data_dir"], cfg.trainer.epochs, cfg.seed, board)
         trainer = TorchTrainer(

@@ -11,6 +11,8 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from genrec.data_pipeline.prepare import load_manifest
+
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -34,7 +36,10 @@ def kept_users(users: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 
 def train_examples(data_dir: str | Path, fraction: float, seed: int) -> int:
     """Training targets per epoch of the kept users: each user's training sequence (all but
-    its last two items) trains every item after its first."""
+    its last two items) trains every item after its first. With every user kept, the
+    manifest's count, so no rank reads the sequences for it."""
+    if fraction >= 1:
+        return int(load_manifest(data_dir)["num_train_examples"])
     table = pq.read_table(Path(data_dir) / "sequences.parquet", columns=["user", "items"])
     lengths = pc.list_value_length(table.column("items")).to_numpy(zero_copy_only=False)
     kept = kept_users(table.column("user").to_numpy(), fraction, seed)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from genrec.artifacts import SELECT_METRIC
 from genrec.data_pipeline.prepare import load_manifest
-from genrec.data_pipeline.prepared import load_eval_set
+from genrec.data_pipeline.prepared import EvalSet, load_eval_set
 from genrec.data_pipeline.subsample import train_examples
 from genrec.errors import ConfigError, DataError
 from genrec.provenance import code_version, file_digest, fingerprint, to_plain
@@ -205,13 +205,26 @@ class Meter:
         }
 
 
+def validation_sample(cfg: DictConfig, data_dir: Path) -> EvalSet:
+    """The users validation scores (`evaluate.valid_users` of them, seeded; 0: all)."""
+    return load_eval_set(data_dir, "valid").subsample(cfg.evaluate.valid_users, cfg.seed)
+
+
 class Loop:
     """One rank's training: engine, the method's objective and ranker, validation slice, the
     best weights and the named states a checkpoint saves."""
 
     def __init__(
-        self, cfg: DictConfig, data_dir: Path, tables: list[Path], key: str, method: MethodHooks
+        self,
+        cfg: DictConfig,
+        data_dir: Path,
+        tables: list[Path],
+        key: str,
+        method: MethodHooks,
+        valid: EvalSet | None = None,
     ):
+        """`valid` is the validation sample (`validation_sample`) when the caller shares one
+        among the ranks; else this rank reads it."""
         self.cfg, self.trainer = cfg, cfg.trainer
         manifest = load_manifest(data_dir)
         self.provenance = {
@@ -253,7 +266,7 @@ class Loop:
         )
         self.engines = {DEEPSPEED_TAG: self.engine}
         self.rank, self.world_size = self.engine.global_rank, self.engine.world_size
-        valid = load_eval_set(data_dir, "valid").subsample(cfg.evaluate.valid_users, cfg.seed)
+        valid = valid if valid is not None else validation_sample(cfg, data_dir)
         self.valid = valid.take(np.arange(self.rank, valid.users.size, self.world_size))
         self.peak = peak_flops(self.device)
         self.progress = Progress(groups=[0] * self.codes.num_groups)
