@@ -123,8 +123,10 @@ def test_data_fraction_users_are_nested_seeded_and_counted(tmp_path):
 
     full = [np.arange(n + 2) for n in lengths]  # training sequence + valid + test items
     pq.write_table(pa.table({"user": block["user"], "items": full}), tmp_path / "sequences.parquet")
+    # Every user kept: the manifest's count (prepare's tests check it against the sequences).
+    (tmp_path / "manifest.json").write_text(json.dumps({"num_train_examples": 12345}))
     assert train_examples(tmp_path, 0.5, 3) == int((lengths[kept] - 1).sum())
-    assert train_examples(tmp_path, 1.0, 3) == int((lengths - 1).sum())
+    assert train_examples(tmp_path, 1.0, 3) == 12345
 
 
 def test_a_trial_is_accounted_at_its_best_validation_not_at_its_end():
