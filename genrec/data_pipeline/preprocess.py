@@ -46,10 +46,20 @@ class FilterStats:
     rounds: int
 
 
+def sorted_unique(arrays: list[pa.Array]) -> pa.Array:
+    """The distinct values, sorted (so ids already 0..n-1 keep their order)."""
+    uniques = pc.unique(pa.chunked_array(arrays))
+    return uniques.take(pc.sort_indices(uniques))
+
+
+def dense_ids(present: np.ndarray) -> np.ndarray:
+    """New contiguous ids of the present entries, in order (-1 elsewhere)."""
+    return np.where(present, np.cumsum(present) - 1, -1).astype(np.int32)
+
+
 def encode(values: pa.Array) -> tuple[np.ndarray, pa.Array]:
     """Codes into the sorted unique values, so ids that were already 0..n-1 keep their order."""
-    uniques = pc.unique(values)
-    vocab = uniques.take(pc.sort_indices(uniques))
+    vocab = sorted_unique([values])
     codes = pc.index_in(values, value_set=vocab)
     return codes.to_numpy(zero_copy_only=False).astype(np.int32), vocab
 
@@ -78,8 +88,7 @@ def _compact(codes: np.ndarray, vocab: pa.Array) -> tuple[np.ndarray, pa.Array]:
     """Renumber the surviving codes 0..n-1, preserving order, and drop vanished vocab entries."""
     present = np.zeros(len(vocab), dtype=bool)
     present[codes] = True
-    new_id = (np.cumsum(present) - 1).astype(np.int32)
-    return new_id[codes], vocab.filter(pa.array(present))
+    return dense_ids(present)[codes], vocab.filter(pa.array(present))
 
 
 def build_sequences(

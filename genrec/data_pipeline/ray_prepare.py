@@ -39,7 +39,12 @@ from genrec.data_pipeline.dataset_tables import (
     log_filtered,
     write_item_and_user_tables,
 )
-from genrec.data_pipeline.preprocess import FilterStats, ragged_gather
+from genrec.data_pipeline.preprocess import (
+    FilterStats,
+    dense_ids,
+    ragged_gather,
+    sorted_unique,
+)
 from genrec.data_pipeline.readers.files import log_files
 from genrec.data_pipeline.readers.item_text import optional_item_table
 from genrec.data_pipeline.readers.synthetic import (
@@ -102,12 +107,6 @@ def _typed(values: pa.ChunkedArray, as_string: bool) -> pa.Array:
     """Ids in the log's one type: strings where some file's are not integers."""
     values = values.combine_chunks()
     return pc.cast(values, pa.string()) if as_string else values
-
-
-def sorted_unique(arrays: list[pa.Array]) -> pa.Array:
-    """The distinct values, sorted (so ids already 0..n-1 keep their order)."""
-    uniques = pc.unique(pa.chunked_array(arrays))
-    return uniques.take(pc.sort_indices(uniques))
 
 
 @ray.remote(num_returns=2)
@@ -223,11 +222,6 @@ def _final_rows(
             "row": table["row"].to_numpy()[keep],
         }
     )
-
-
-def _dense(present: np.ndarray) -> np.ndarray:
-    """New contiguous ids of the present entries, in order (-1 elsewhere)."""
-    return np.where(present, np.cumsum(present) - 1, -1).astype(np.int32)
 
 
 class _SplitWriters:
@@ -441,8 +435,7 @@ def prepare_on_ray(cfg: DictConfig, out: Path) -> Prepared:
             f"{data.min_user_interactions}, min_item_interactions="
             f"{data.min_item_interactions}) of {raw.raw_interactions} interactions",
         )
-    done = _write(cfg, out, coded, (users, items), (user_count, item_count), meta)
-    done.stats, done.skipped_rows = raw, skipped  # what reading and filtering found
+    done = _write(cfg, out, coded, (users, items), (user_count, item_count), meta, raw, skipped)
     log_filtered(done.num_users, done.num_items, done.num_interactions, raw)
     return done
 
@@ -469,8 +462,11 @@ def _write(
     vocabularies: tuple[pa.Array, pa.Array],
     counts: tuple[np.ndarray, np.ndarray],
     meta: pa.Table | None,
+    stats: FilterStats,
+    skipped: int,
 ) -> Prepared:
-    """Every file of the dataset but the manifest, from the encoded parts and final counts."""
+    """Every file of the dataset but the manifest, from the encoded parts and final counts
+    (`stats` and `skipped`: what reading and filtering found)."""
     data = cfg.data
     (users, items), (user_count, item_count) = vocabularies, counts
     present = np.flatnonzero(user_count > 0)
@@ -479,7 +475,7 @@ def _write(
     final = np.where(held, trained + np.cumsum(held) - 1, np.cumsum(~held) - 1)
     user_id = np.full(len(users), -1, np.int32)
     user_id[present] = final
-    item_id = _dense(item_count > 0)
+    item_id = dense_ids(item_count > 0)
     raw_user = np.empty(present.size, np.int64)
     raw_user[final] = present
     text = write_item_and_user_tables(
@@ -512,7 +508,7 @@ def _write(
         eval_counts={"valid": trained, "test": trained, "holdout": int(held.sum())},
         text_columns=text[0],
         items_with_text=text[1],
-        stats=FilterStats(0, 0, 0, 0),  # set by the caller, which read and filtered
-        skipped_rows=0,
+        stats=stats,
+        skipped_rows=skipped,
         shards=shards,
     )
