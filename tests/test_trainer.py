@@ -94,17 +94,16 @@ def test_method_defaults_sit_under_user_settings():
 
 
 def test_length_grouped_batches_cut_padding_and_keep_every_example():
-    """Pools drawn from the stream, each leaving the shuffle buffer's examples behind, sorted by
-    length and cut into batches of 16 targets: every example leaves once, with far less padding
-    than random batches of 16."""
+    """Pools drawn from the stream, sorted by length and cut into batches of 16 targets: every
+    example leaves once, with far less padding than random batches of 16."""
     rng = np.random.default_rng(0)
     seqs = [rng.integers(0, 100, n) for n in rng.integers(2, 50, 200)]
     user = np.arange(len(seqs))
     examples = cut_prefixes(Sequences.of_lists(seqs, user), 50, seed=0)
     parts = (examples.take(slice(i, i + 300)) for i in range(0, len(examples), 300))
-    drawn = list(pools(parts, 16 * 8, 100, rng))
-    assert all(len(held) - len(pool) >= 100 for held, pool in drawn[:-1])  # the buffer stays
-    batches = [b for held, pool in drawn for b in length_grouped(held, pool, 16, rng)]
+    batches = [
+        b for ex, pool in pools(parts, 16 * 8, 100, rng) for b in length_grouped(ex, pool, 16, rng)
+    ]
     sizes = sorted(len(b) for b in batches)
     assert sizes[1:] == [16] * (len(sizes) - 1) and 0 < sizes[0] <= 16  # the last pool's rest
     key = np.concatenate([b.row * 100 + b.length for b in batches])

@@ -206,9 +206,7 @@ def pools(
     for part in parts:
         held.append(part)
         count, size = count + int(part.targets.sum()), size + len(part)
-        # A draw leaves `shuffle_buffer` examples behind (counting the pool's examples at the
-        # held examples' mean targets).
-        while count >= targets and size * (count - targets) >= shuffle_buffer * count:
+        while count >= targets and size > shuffle_buffer:
             examples = Examples.concat(held)
             order = rng.permutation(size) if shuffle_buffer > 1 else np.arange(size)
             cut = min(int(np.searchsorted(np.cumsum(examples.targets[order]), targets)) + 1, size)
