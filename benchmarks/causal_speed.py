@@ -22,8 +22,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 
+from genrec.data_pipeline.example_arrays import sequences_table
 from genrec.data_pipeline.prepare import load_manifest
 from genrec.data_pipeline.ray_ingest import PositionTracker, stream_batches
 from genrec.data_pipeline.shards import read_shard
@@ -33,21 +35,14 @@ from genrec.trainer.model import GenerativeRecommender, ModelConfig
 from genrec.trainer.objective import Batch, CodeGeneration, targets_in
 
 
-def sequence_blocks(data_dir: Path) -> list[dict[str, np.ndarray]]:
+def sequence_blocks(data_dir: Path) -> list[pa.Table]:
     """Every training sequence of the dataset as one block, as Ray Data hands them over."""
     rows = [
         (user, items)
         for path, sha in shard_checksums(data_dir).items()
         for user, items in read_shard(path, sha)
     ]
-    return [
-        {
-            "unit": np.zeros(len(rows), dtype=np.int64),
-            "row": np.arange(len(rows)),
-            "user": np.array([user for user, _ in rows]),
-            "items": np.array([items for _, items in rows] + [None], dtype=object)[:-1],
-        }
-    ]
+    return [sequences_table([items for _, items in rows], np.array([user for user, _ in rows]))]
 
 
 def batches(data_dir: Path, args: argparse.Namespace, stride: int | None) -> list[dict]:

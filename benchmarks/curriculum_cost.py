@@ -27,8 +27,15 @@ from scipy import stats
 
 from genrec import stages
 from genrec.config import load_config
+from genrec.data_pipeline.example_arrays import (
+    Sequences,
+    collated,
+    cut_prefixes,
+    length_grouped,
+    pools,
+)
 from genrec.data_pipeline.prepare import load_manifest
-from genrec.data_pipeline.streaming import TrainExamples, collate, length_grouped
+from genrec.data_pipeline.streaming import TrainExamples
 from genrec.methods import method_spec
 from genrec.methods.mtgrec.curriculum import Curriculum
 from genrec.methods.mtgrec.influence import group_weights
@@ -53,15 +60,21 @@ def estimate(loop: Loop, train_examples: int, valid_examples: int, seed: int):
 def train_rate(loop: Loop, data_dir, steps: int, groups: int) -> float:
     """Examples/s of `steps` optimizer steps on length-grouped batches (the first 10 unmeasured)."""
     cfg = loop.cfg
-    stream = TrainExamples(data_dir, cfg.data.max_history, seed=cfg.seed)
-    examples = itertools.chain.from_iterable(itertools.repeat(stream))
+    users, seqs = zip(*TrainExamples(data_dir, cfg.data.max_history).sequences(), strict=True)
+    user = np.array(users)
+    examples = cut_prefixes(Sequences.of_lists(list(seqs), user), cfg.data.max_history, 0)
     rng = np.random.default_rng(0)
-    batches = length_grouped(examples, cfg.trainer.batch_size, 16, rng)
+    pool_targets = cfg.trainer.batch_size * 16
+    batches = (
+        batch
+        for held, pool in pools(itertools.repeat(examples), pool_targets, pool_targets, rng)
+        for batch in length_grouped(held, pool, cfg.trainer.batch_size, rng)
+    )
     trained, started = 0, time.perf_counter()
     for step in range(steps + 10):
         if step == 10:
             trained, started = 0, time.perf_counter()
-        rows = collate(next(batches))
+        rows = collated(next(batches))
         rows["group"] = torch.from_numpy(rng.integers(0, groups, len(rows["target"])))
         loop.micro_step(rows)
         trained += len(rows["target"])

@@ -1,5 +1,5 @@
 """The training stream's examples/s per worker, without a model: what a worker's CPU can feed
-its device (issue 31's "before"; goal there: 10x).
+its device (issue 31).
 
 Command:
     python benchmarks/stream_throughput.py [DATASET ...] [--seconds 60] [--ray]
@@ -9,10 +9,10 @@ For each dataset (a preset of configs/datasets, or `default` for the built-in sy
 default: default, amazon14_beauty, synthetic_long) it prepares the data, gives the items random
 semantic IDs (3 x 256 codes and the dedup code), then runs one worker's part of training as
 `genrec train` runs it, minus the model: the shards' sequences in blocks of 256 as Ray Data
-hands them over, `stream_batches` (prefix or window cutting, shuffle buffer, length grouping,
+hands them over, `stream_batches` (prefix or window cutting, shuffle pool, length grouping,
 collation, row accounting) and `Batch.coded` (each item's codes looked up) at the default
 batch size, for --seconds. With --ray the sequences come through Ray Data's training stream
-(`training_stream`: a read task per work unit, on a local Ray instance) instead of being read
+(`training_stream`: read tasks over the work units, on a local Ray instance) instead of being read
 here. Prints targets/s and batches/s, and the share of the code lookup.
 """
 
@@ -31,6 +31,7 @@ import torch
 from genrec.cluster.runtime import ray_session
 from genrec.cluster.train_job import SEQUENCES_PER_READ
 from genrec.config import load_config
+from genrec.data_pipeline.example_arrays import sequence_table
 from genrec.data_pipeline.prepare import load_manifest, prepare
 from genrec.data_pipeline.ray_ingest import (
     DataPosition,
@@ -39,7 +40,7 @@ from genrec.data_pipeline.ray_ingest import (
     stream_batches,
     training_stream,
 )
-from genrec.data_pipeline.shards import read_shard
+from genrec.data_pipeline.shards import shard_arrays
 from genrec.tokenizers.collisions import dedup_codes
 from genrec.tokenizers.tokenize import id_table
 from genrec.trainer.config import batch_plan, window_stride
@@ -54,16 +55,14 @@ def blocks(data_dir: Path):
     """Every shard's sequences, over and over, in blocks as Ray Data hands them to a worker."""
     shards = load_manifest(data_dir)["shards"]
     for unit in range(10**9):
-        shard = shards[unit % len(shards)]
-        rows = list(read_shard(data_dir / shard["path"]))
-        for start in range(0, len(rows), SEQUENCES_PER_READ):
-            part = rows[start : start + SEQUENCES_PER_READ]
-            yield {
-                "unit": np.full(len(part), unit),
-                "row": np.arange(start, start + len(part)),
-                "user": np.array([user for user, _ in part]),
-                "items": np.array([items for _, items in part] + [None], dtype=object)[:-1],
-            }
+        keys, offsets, items = shard_arrays(data_dir / shards[unit % len(shards)]["path"])
+        for start in range(0, len(keys), SEQUENCES_PER_READ):
+            rows = np.arange(start, min(start + SEQUENCES_PER_READ, len(keys)))
+            first, last = offsets[rows[0]], offsets[rows[-1] + 1]
+            local = offsets[rows[0] : rows[-1] + 2] - first
+            yield sequence_table(
+                np.full(len(rows), unit), rows, keys[rows], local, items[first:last]
+            )
 
 
 def ray_blocks(data_dir: Path, seed: int):
@@ -72,7 +71,7 @@ def ray_blocks(data_dir: Path, seed: int):
     board = start_board()
     ray.get(board.start.remote(DataPosition().state_dict(), 0))
     stream = training_stream(data_dir, 1000, seed, board)
-    return stream.iter_batches(batch_size=SEQUENCES_PER_READ, batch_format="numpy")
+    return stream.iter_batches(batch_size=SEQUENCES_PER_READ, batch_format="pyarrow")
 
 
 def measure(name: str, seconds: float, run_dir: Path, overrides: list[str], on_ray: bool) -> None:

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from genrec.config import load_config
+from genrec.data_pipeline.example_arrays import Sequences, cut_windows, sequences_table
 from genrec.data_pipeline.ray_ingest import PositionTracker, stream_batches
-from genrec.data_pipeline.streaming import collate, prefix_examples, window_examples
+from genrec.data_pipeline.streaming import collate, prefix_examples
 from genrec.errors import ConfigError
 from genrec.trainer.item_codes import ItemCodes
 from genrec.trainer.model import GenerativeRecommender, ModelConfig
@@ -31,6 +32,15 @@ def item_codes() -> ItemCodes:
 def sequences() -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     return [rng.integers(0, ITEMS, size=n) for n in (2, 5, 9, 17, 23)]
+
+
+def window_examples(user: int, seq: np.ndarray, max_history: int, stride: int) -> list[dict]:
+    """One sequence's windows (`cut_windows`) as dicts, history and target cut to length."""
+    cut = cut_windows(Sequences.of_lists([seq], np.array([user])), max_history, stride, seed=0)
+    return [
+        {"user": user, "history": cut.history[i, -n:], "target": cut.target[i, -n:]}
+        for i, n in enumerate(cut.length.tolist())
+    ]
 
 
 def batch_of(examples: list[dict], codes: ItemCodes) -> Batch:
@@ -159,12 +169,7 @@ def test_windows_train_every_target_once_with_enough_history(length, stride):
 
 def test_window_batches_carry_a_source_per_target_and_mark_rows_trained():
     seqs = sequences()
-    block = {
-        "unit": np.zeros(len(seqs), dtype=np.int64),
-        "row": np.arange(len(seqs)),
-        "user": np.arange(len(seqs)),
-        "items": np.array(seqs, dtype=object),
-    }
+    block = sequences_table(seqs, np.arange(len(seqs)))
     tracker = PositionTracker()
     rng = np.random.default_rng(0)
     batches = list(stream_batches([block], tracker, 8, 16, 0, rng, stride=3))

@@ -16,6 +16,7 @@ from genrec import stages
 from genrec.cluster.retokenize import retokenize
 from genrec.cluster.train_job import train
 from genrec.config import load_config
+from genrec.data_pipeline.example_arrays import sequences_table
 from genrec.data_pipeline.ray_ingest import PositionTracker, draw_groups, stream_batches
 from genrec.errors import DataError
 from genrec.methods import method_spec
@@ -157,19 +158,12 @@ def test_tables_that_miss_items_fail_before_ray_starts(run, tmp_path):
         train(cfg, stages.data(cfg), [good, tmp_path / "short.parquet"], tmp_path / "train")
 
 
-def _stream(weights, seed=0, users=400):
+def _stream(weights, seed=0, users=400, shuffle=None):
     rng = np.random.default_rng(1)
-    sequences = [
-        {
-            "unit": np.zeros(users, dtype=np.int64),
-            "row": np.arange(users),
-            "user": np.arange(users),
-            "items": [rng.integers(0, 50, size=rng.integers(2, 12)) for _ in range(users)],
-        }
-    ]
-    return stream_batches(
-        sequences, PositionTracker(), 50, 64, 128, np.random.default_rng(2), lambda: weights, seed
-    )
+    seqs = [rng.integers(0, 50, size=rng.integers(2, 12)) for _ in range(users)]
+    sequences = [sequences_table(seqs, np.arange(users))]
+    shuffle = np.random.default_rng(2) if shuffle is None else shuffle
+    return stream_batches(sequences, PositionTracker(), 50, 64, 128, shuffle, lambda: weights, seed)
 
 
 def test_drawn_groups_follow_the_weights_and_are_a_function_of_the_example():
@@ -181,16 +175,19 @@ def test_drawn_groups_follow_the_weights_and_are_a_function_of_the_example():
     counts = np.bincount(groups, minlength=4)
     assert stats.chisquare(counts, weights * counts.sum()).pvalue > 0.01
     assert stats.chisquare(counts, np.full(4, counts.sum() / 4)).pvalue < 1e-6
-    first = {
-        (tuple(b["source"][i]), int(b["target"][i]), len(b["history"][i])): int(b["group"][i])
-        for b in batches
-        for i in range(len(b["group"]))
-    }
-    again = list(_stream(weights))
-    for b in again:
-        for i in range(len(b["group"])):
-            key = (tuple(b["source"][i]), int(b["target"][i]), len(b["history"][i]))
-            assert first[key] == int(b["group"][i])
+
+    def drawn(batches) -> dict:  # an example is its row and its history's length
+        return {
+            (*b["source"][i].tolist(), int((b["history"][i] >= 0).sum())): int(b["group"][i])
+            for b in batches
+            for i in range(len(b["group"]))
+        }
+
+    first = drawn(batches)
+    assert len(first) == len(groups)
+    again = list(_stream(weights, shuffle=np.random.default_rng(7)))
+    assert list(drawn(again)) != list(first)  # in another order
+    assert drawn(again) == first
     assert draw_groups(np.array([0.0, 0.49, 0.5, 0.99]), np.array([0.5, 0.5])).tolist() == [
         0,
         0,

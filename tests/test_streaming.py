@@ -5,6 +5,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import ray
 import torch
@@ -20,8 +21,16 @@ from genrec.data_pipeline.ray_ingest import (
     stream_batches,
     training_stream,
     unit_sizes,
+    work_units,
 )
-from genrec.data_pipeline.shards import key_digits, read_shard, shard_bytes
+from genrec.data_pipeline.shards import (
+    _own_layout,
+    _tar_members,
+    key_digits,
+    read_shard,
+    shard_arrays,
+    shard_bytes,
+)
 from genrec.data_pipeline.streaming import (
     TrainExamples,
     collate,
@@ -121,6 +130,21 @@ def test_shards_read_by_the_webdataset_library(data_dir):
     assert samples[0]["items.npy"].dtype == np.int32
 
 
+def test_own_shards_are_read_with_arrays_and_any_other_tar_with_tarfile(data_dir, tmp_path):
+    """genrec's own layout is read without tarfile, to the samples tarfile reads; a tar that
+    another writer made (webdataset's, with int64 arrays) is read by tarfile."""
+    path = shard_paths(data_dir)[0]
+    fast, slow = _own_layout(path.read_bytes()), _tar_members(path)
+    assert fast is not None and len(fast[0]) == load_manifest(data_dir)["shards"][0]["users"]
+    assert all(np.array_equal(a, b) for a, b in zip(fast, slow, strict=True))
+    other = tmp_path / "other.tar"
+    with wds.TarWriter(str(other)) as sink:
+        for user, items in read_shard(path):
+            sink.write({"__key__": f"{user:09d}", "items.npy": items.astype(np.int64)})
+    assert _own_layout(other.read_bytes()) is None
+    assert all(np.array_equal(a, b) for a, b in zip(shard_arrays(other), slow, strict=True))
+
+
 @pytest.mark.parametrize(
     ("damage", "error"),
     [
@@ -173,9 +197,7 @@ def test_tracker_knows_what_is_in_flight():
     """A row counts as trained once all its examples are; until then it is in flight with the
     examples already trained, which a resumed run trains a second time."""
     tracker = PositionTracker(record=True)
-    tracker.received(0, 3, 4)
-    tracker.received(0, 5, 0)
-    tracker.received(1, 2, 2)
+    tracker.received(np.array([0, 0, 1]), np.array([3, 5, 2]), np.array([4, 0, 2]))
     tracker.trained(np.array([[0, 3], [1, 2], [1, 2], [0, 3]]))
     state = tracker.state()
     assert state == {"rows": {0: [5], 1: [2]}, "in_flight": [[0, 3, 2]]}
@@ -201,8 +223,9 @@ def test_the_train_split_keeps_every_row(ray_cluster):
 
 
 def test_ray_stream_splits_resumes_and_skips_finished_shards(data_dir, ray_cluster):
-    """Two consumers of a streaming_split see every (epoch, user) once; a stream resumed from
-    a position opens no finished unit and repeats no row trained on."""
+    """Two consumers of a streaming_split see every (epoch, user) once, each unit reading the
+    shard its epoch's order names; a stream resumed from a position opens no finished unit and
+    repeats no row trained on."""
     board = start_board()
     sizes = unit_sizes(data_dir, epochs=2, seed=0)
     ray.get(board.start.remote(DataPosition().state_dict(), 0))
@@ -210,13 +233,17 @@ def test_ray_stream_splits_resumes_and_skips_finished_shards(data_dir, ray_clust
 
     def consume(it):  # split iterators advance together, so each needs its own consumer
         return [
-            (int(u), int(r))
+            (int(u), int(r), int(user))
             for b in it.iter_batches()
-            for u, r in zip(b["unit"], b["row"], strict=True)
+            for u, r, user in zip(b["unit"], b["row"], b["user"], strict=True)
         ]
 
     with ThreadPoolExecutor(2) as pool:
-        rows = list(pool.map(consume, halves))
+        received = list(pool.map(consume, halves))
+    paths = shard_paths(data_dir)
+    users = [[u for u, _ in read_shard(paths[s])] for _, s in work_units(len(paths), 2, 0)]
+    assert all(users[u][r] == user for half in received for u, r, user in half)
+    rows = [[(u, r) for u, r, _ in half] for half in received]
     every = [(unit, row) for unit, size in enumerate(sizes) for row in range(size)]
     assert sorted(rows[0] + rows[1]) == every
     assert len(every) == 2 * load_manifest(data_dir)["num_users"] and rows[0] and rows[1]
@@ -224,7 +251,7 @@ def test_ray_stream_splits_resumes_and_skips_finished_shards(data_dir, ray_clust
     tracker = PositionTracker()
     stream = sorted(training_stream(data_dir, 2, 0, board).take_all(), key=key_of)
     trained = [r for r in stream if r["unit"] == 0] + [r for r in stream if r["unit"] == 1][:20]
-    block = {k: [r[k] for r in trained] for k in trained[0]}
+    block = pa.Table.from_pylist([r | {"items": list(r["items"])} for r in trained])
     for batch in stream_batches([block], tracker, 4, 16, 0, np.random.default_rng(0)):
         tracker.trained(batch["source"])
     position = DataPosition()

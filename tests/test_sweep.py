@@ -13,6 +13,7 @@ import torch
 
 from genrec.cluster.sweep import TrainingFailed, account, claim_folder, run_sweep
 from genrec.cluster.sweep_spec import load_sweep
+from genrec.data_pipeline.example_arrays import sequences_table
 from genrec.data_pipeline.ray_ingest import PositionTracker, stream_batches
 from genrec.data_pipeline.subsample import kept_users, train_examples
 from genrec.errors import ConfigError
@@ -100,12 +101,8 @@ def test_data_fraction_users_are_nested_seeded_and_counted(tmp_path):
     assert kept_users(users, 1.0, 3).all()
 
     lengths = np.array([5, 3, 9, 2, 7, 12, 4, 6])
-    block = {
-        "unit": np.zeros(8, dtype=np.int64),
-        "row": np.arange(8),
-        "user": np.arange(8) * 1000,
-        "items": [np.arange(n) for n in lengths],
-    }
+    block = sequences_table([np.arange(n) for n in lengths], np.arange(8) * 1000)
+    users = block.column("user").to_numpy()
     tracker = PositionTracker()
     batches = stream_batches(
         [block], tracker, 50, 4, 0, np.random.default_rng(0), seed=3, data_fraction=0.5
@@ -114,15 +111,15 @@ def test_data_fraction_users_are_nested_seeded_and_counted(tmp_path):
     for batch in batches:
         trained_users |= set(batch["user"].tolist())
         tracker.trained(batch["source"])
-    kept = kept_users(block["user"], 0.5, 3)
-    assert 0 < kept.sum() < 8 and trained_users == set(block["user"][kept].tolist())
+    kept = kept_users(users, 0.5, 3)
+    assert 0 < kept.sum() < 8 and trained_users == set(users[kept].tolist())
     assert tracker.state()["rows"] == {0: list(range(8))}  # skipped users count as trained
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     full = [np.arange(n + 2) for n in lengths]  # training sequence + valid + test items
-    pq.write_table(pa.table({"user": block["user"], "items": full}), tmp_path / "sequences.parquet")
+    pq.write_table(pa.table({"user": users, "items": full}), tmp_path / "sequences.parquet")
     # Every user kept: the manifest's count (prepare's tests check it against the sequences).
     (tmp_path / "manifest.json").write_text(json.dumps({"num_train_examples": 12345}))
     assert train_examples(tmp_path, 0.5, 3) == int((lengths[kept] - 1).sum())

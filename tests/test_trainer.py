@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from genrec.config import load_config
+from genrec.data_pipeline.example_arrays import Sequences, cut_prefixes, length_grouped, pools
 from genrec.data_pipeline.prepared import EvalSet
-from genrec.data_pipeline.streaming import length_batches, length_grouped
+from genrec.data_pipeline.streaming import length_batches
 from genrec.errors import ConfigError, DataError
 from genrec.trainer.config import batch_plan, validation_steps
 from genrec.trainer.engine import deepspeed_config, warmup_cosine
@@ -93,19 +94,30 @@ def test_method_defaults_sit_under_user_settings():
 
 
 def test_length_grouped_batches_cut_padding_and_keep_every_example():
-    examples = [
-        {"history": np.arange(n), "target": n}
-        for n in np.random.default_rng(0).integers(1, 50, 500)
-    ]
-    batches = list(length_grouped(iter(examples), 16, 8, np.random.default_rng(1)))
-    assert sorted(ex["target"] for b in batches for ex in b) == sorted(
-        ex["target"] for ex in examples
-    )
-    pad = sum(len(b) * max(len(ex["history"]) for ex in b) for b in batches)
-    random_pad = sum(
-        16 * max(len(ex["history"]) for ex in examples[i : i + 16]) for i in range(0, 500, 16)
-    )
+    """Pools of whole sequences drawn from the stream, each leaving the shuffle buffer's
+    examples behind, sorted by length and cut into batches of 16 targets: every example leaves
+    once, a sequence's examples in one pool, with far less padding than random batches of 16."""
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(0, 100, n) for n in rng.integers(2, 50, 200)]
+    user = np.arange(len(seqs))
+    block = Sequences.of_lists(seqs, user)
+    examples = cut_prefixes(block, 50, seed=0)
+    parts = (cut_prefixes(block.take(np.arange(i, i + 10)), 50, seed=0) for i in range(0, 200, 10))
+    drawn = list(pools(parts, 16 * 8, 100, rng))
+    assert all(len(held) - len(pool) >= 100 for held, pool in drawn[:-1])  # the buffer stays
+    pooled_rows = [set(held.row[pool].tolist()) for held, pool in drawn]
+    assert sum(map(len, pooled_rows)) == len(set().union(*pooled_rows)) == 200  # whole rows
+    batches = [b for held, pool in drawn for b in length_grouped(held, pool, 16, rng)]
+    short = [len(b) for b in batches if len(b) != 16]
+    assert len(short) <= len(drawn) and all(0 < n < 16 for n in short)  # a pool's last
+    key = np.concatenate([b.row * 100 + b.length for b in batches])
+    assert sorted(key.tolist()) == sorted((examples.row * 100 + examples.length).tolist())
+    pad = sum(len(b) * b.length.max() for b in batches)
+    shuffled = rng.permutation(examples.length)
+    random_pad = sum(16 * shuffled[i : i + 16].max() for i in range(0, len(examples), 16))
     assert pad < 0.7 * random_pad
+    rows = np.concatenate([b.row for b in batches])
+    assert not np.array_equal(np.sort(rows), rows)  # shuffled, not in arrival order
 
 
 def test_length_batches_keep_every_example_within_the_item_budget():

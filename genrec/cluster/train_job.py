@@ -154,7 +154,7 @@ class Worker:
 
     def batches(self):
         shard = ray.train.get_dataset_shard("train")
-        sequences = shard.iter_batches(batch_size=SEQUENCES_PER_READ, batch_format="numpy")
+        sequences = shard.iter_batches(batch_size=SEQUENCES_PER_READ, batch_format="pyarrow")
         rng = np.random.default_rng([self.cfg.seed, self.attempt, self.rank])
         trainer = self.cfg.trainer
         return stream_batches(

@@ -15,22 +15,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import ray
 import torch
 from ray.train import DataConfig
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from genrec.data_pipeline.prepare import load_manifest
-from genrec.data_pipeline.shards import read_shard
-from genrec.data_pipeline.streaming import (
-    Example,
-    collate,
+from genrec.data_pipeline.example_arrays import (
+    Examples,
+    Sequences,
+    collated,
+    cut_prefixes,
+    cut_windows,
     length_grouped,
-    prefix_examples,
-    shuffled,
-    targets_of,
-    window_examples,
+    pools,
+    sequence_table,
+    sources,
 )
+from genrec.data_pipeline.prepare import load_manifest
+from genrec.data_pipeline.preprocess import ragged_gather
+from genrec.data_pipeline.shards import shard_arrays
 from genrec.data_pipeline.subsample import kept_users
 
 
@@ -85,12 +89,25 @@ class DataPosition:
         self.in_flight = dict(in_flight)
 
 
+# Rows cut at a time: a row counts as in flight from its cut until all its examples trained,
+# and a resumed run reads in-flight rows again, so a worker cuts little more than its pool.
+ROWS_PER_CUT = 64
+# Ray Data plans a read task in about a millisecond: 812,400 units (the 10^8 preset's 4,062
+# shards x 200 epochs) as as many tasks would take minutes to start (BENCHMARKS.md).
+MAX_READ_TASKS = 2000
+
+
+def epoch_order(num_shards: int, epoch: int, seed: int) -> np.ndarray:
+    """The order in which an epoch reads the shards."""
+    return np.random.default_rng([seed, epoch]).permutation(num_shards)
+
+
 def work_units(num_shards: int, epochs: int, seed: int) -> list[tuple[int, int]]:
     """(epoch, shard) in stream order."""
     return [
         (epoch, int(shard))
         for epoch in range(epochs)
-        for shard in np.random.default_rng([seed, epoch]).permutation(num_shards)
+        for shard in epoch_order(num_shards, epoch, seed)
     ]
 
 
@@ -158,34 +175,45 @@ class EveryRowSplit(DataConfig):
         return output
 
 
-def _read_unit(
-    row: dict[str, Any], data_dir: str, num_items: int, board: Any
-) -> Iterator[dict[str, Any]]:
-    """The sequences of one work unit that the model has not trained on yet."""
-    unit = int(row["unit"])
+def _read_units(
+    batch: dict[str, np.ndarray], data_dir: str, shards: Any, seed: int, num_items: int, board: Any
+) -> Iterator[dict[str, np.ndarray]]:
+    """The sequences of each work unit in `batch` that the model has not trained on yet, a
+    unit at a time: its shard read whole into arrays and handed on as columns."""
+    paths, sha256s = ray.get(shards)
     position = DataPosition.from_state(ray.get(board.position.remote()))
-    if unit in set(position.done):
-        return
-    board.read.remote(unit)
-    skip = set(position.rows.get(unit, ()))
-    path, sha256 = Path(data_dir) / row["path"], row["sha256"]
-    for index, (user, items) in enumerate(read_shard(path, sha256, num_items)):
-        if index not in skip:
-            yield {"unit": unit, "row": index, "user": user, "items": items}
+    done = set(position.done)
+    for unit in batch["id"].tolist():
+        if unit in done:
+            continue
+        board.read.remote(unit)
+        epoch, place = divmod(unit, len(paths))
+        shard = int(epoch_order(len(paths), epoch, seed)[place])
+        path = Path(data_dir) / paths[shard]
+        keys, offsets, items = shard_arrays(path, sha256s[shard], num_items)
+        rows = np.setdiff1d(np.arange(len(keys)), position.rows.get(unit, ()))
+        if len(rows):
+            offsets, items = ragged_gather(items, offsets[rows], offsets[rows + 1])
+            yield sequence_table(np.full(len(rows), unit), rows, keys[rows], offsets, items)
 
 
 def training_stream(data_dir: str | Path, epochs: int, seed: int, board: Any) -> "ray.data.Dataset":
-    """Every epoch's user sequences as one Ray Dataset, one block per work unit, so readers of
-    different shards run in parallel and a slow shard holds up no other."""
+    """Every epoch's user sequences as one Ray Dataset: read tasks over consecutive work units
+    (one each, up to MAX_READ_TASKS tasks), so readers of different shards run in parallel.
+    The driver lists no units: a task finds each unit's shard from its number."""
     manifest = load_manifest(data_dir)
     shards = manifest["shards"]
-    units = [
-        {"unit": i, "path": shards[s]["path"], "sha256": shards[s]["sha256"]}
-        for i, (_, s) in enumerate(work_units(len(shards), epochs, seed))
-    ]
-    items = ray.data.from_items(units, override_num_blocks=len(units))
-    kwargs = {"data_dir": str(data_dir), "num_items": manifest["num_items"], "board": board}
-    return items.flat_map(_read_unit, fn_kwargs=kwargs)
+    names = ray.put(([s["path"] for s in shards], [s["sha256"] for s in shards]))
+    units = epochs * len(shards)
+    kwargs = {
+        "data_dir": str(data_dir),
+        "shards": names,
+        "seed": seed,
+        "num_items": manifest["num_items"],
+        "board": board,
+    }
+    stream = ray.data.range(units, override_num_blocks=min(units, MAX_READ_TASKS))
+    return stream.map_batches(_read_units, batch_size=None, fn_kwargs=kwargs)
 
 
 def unit_sizes(data_dir: str | Path, epochs: int, seed: int) -> list[int]:
@@ -208,18 +236,25 @@ class PositionTracker:
         self.record = record
         self.arrivals: list[list[int]] = []
 
-    def received(self, unit: int, row: int, examples: int) -> None:
+    def received(self, units: np.ndarray, rows: np.ndarray, examples: np.ndarray) -> None:
+        """Rows arriving, with the examples each will train (0: none, trained at once)."""
+        units, rows, examples = units.tolist(), rows.tolist(), examples.tolist()
         if self.record:
-            self.arrivals.append([unit, row])
-        if examples == 0:
-            self.rows[unit].add(row)
-        else:
-            self.pending[(unit, row)] = self.examples[(unit, row)] = examples
+            self.arrivals.extend([unit, row] for unit, row in zip(units, rows, strict=True))
+        for unit, row, count in zip(units, rows, examples, strict=True):
+            if count:
+                self.pending[(unit, row)] = self.examples[(unit, row)] = count
+            else:
+                self.rows[unit].add(row)
 
     def trained(self, sources: np.ndarray) -> None:
-        for unit, row in sources.tolist():
+        """Counts the trained targets of each (unit, row) in `sources` [targets, 2]."""
+        if not len(sources):
+            return
+        keys, counts = np.unique(sources, axis=0, return_counts=True)
+        for (unit, row), count in zip(keys.tolist(), counts.tolist(), strict=True):
             key = (unit, row)
-            self.pending[key] -= 1
+            self.pending[key] -= count
             if not self.pending[key]:
                 del self.pending[key], self.examples[key]
                 self.rows[unit].add(row)
@@ -244,20 +279,34 @@ class PositionTracker:
         return arrivals
 
 
-def group_draws(seed: int, unit: int, row: int, count: int) -> np.ndarray:
-    """Uniforms [count] for the examples of one row in one work unit: a pure function of the
-    seed and the example, so any worker count, order or restart draws the same groups."""
-    return np.random.default_rng([seed, 1, unit, row]).random(count)
-
-
 def draw_groups(uniforms: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Group g with probability weights[g], by inverting the cumulative weights."""
     edges = np.cumsum(weights)
     return np.minimum(np.searchsorted(edges / edges[-1], uniforms, side="right"), len(weights) - 1)
 
 
+def cut_block(
+    block: pa.Table,
+    tracker: PositionTracker,
+    max_history: int,
+    stride: int | None,
+    seed: int,
+    data_fraction: float,
+) -> Examples:
+    """One Ray batch of sequences (a `sequence_table`) as examples; every row is reported to
+    the tracker with its number of targets (0: nothing to train, so it counts as trained)."""
+    seqs = Sequences.of(block)
+    keep = kept_users(seqs.user, data_fraction, seed)
+    counts = np.where(keep, np.maximum(seqs.size - 1, 0), 0)
+    tracker.received(seqs.unit, seqs.row, counts)
+    seqs = seqs.take(np.flatnonzero(counts))
+    if stride is None:
+        return cut_prefixes(seqs, max_history, seed)
+    return cut_windows(seqs, max_history, stride, seed)
+
+
 def stream_batches(
-    sequences: Iterable[dict[str, np.ndarray]],
+    sequences: Iterable[pa.Table],
     tracker: PositionTracker,
     max_history: int,
     batch_size: int,
@@ -269,47 +318,29 @@ def stream_batches(
     stride: int | None = None,
     data_fraction: float = 1.0,
 ) -> Iterator[dict[str, Any]]:
-    """Collated, length-grouped, shuffled batches of `batch_size` targets from Ray batches of
-    sequences: prefix examples, or with a `stride` the causal encoder's windows. Each batch
-    keeps the (unit, row) of each of its targets as `source` for the tracker.
+    """Collated, length-grouped, shuffled batches of about `batch_size` targets from Ray
+    batches of sequences: prefix examples, or with a `stride` the causal encoder's windows
+    (genrec/data_pipeline/example_arrays.py). Each batch keeps the (unit, row) of each of its
+    targets as `source` for the tracker.
 
     Every example, history and target alike, is read in one of G code groups (`group`), drawn
-    with the weights `group_weights()` holds when its batch leaves (None: the single group 0);
-    a sequence's windows share the draw of its first target (one tokenizer per sequence).
-    Users outside the `data_fraction` subset (genrec/data_pipeline/subsample.py) train
+    with the weights `group_weights()` holds when its batch leaves (None: the single group 0)
+    from the example's own hashed uniform, so any worker count, order or restart draws the same
+    groups. Users outside the `data_fraction` subset (genrec/data_pipeline/subsample.py) train
     nothing; their rows count as trained."""
-
-    def examples() -> Iterator[Example]:
-        for block in sequences:
-            kept = kept_users(block["user"], data_fraction, seed)
-            for unit, row, user, items, keep in zip(
-                block["unit"], block["row"], block["user"], block["items"], kept, strict=True
-            ):
-                count = max(len(items) - 1, 0) if keep else 0
-                tracker.received(int(unit), int(row), count)
-                if not count:
-                    continue
-                draws = group_draws(seed, int(unit), int(row), count)
-                items = np.asarray(items)
-                if stride is None:
-                    cut = prefix_examples(int(user), items, max_history)
-                else:
-                    cut = window_examples(int(user), items, max_history, stride)
-                for index, example in enumerate(cut):
-                    example["source"] = (int(unit), int(row))
-                    example["draw"] = draws[index if stride is None else 0]
-                    yield example
-
-    stream = shuffled(examples(), shuffle_buffer, rng) if shuffle_buffer > 1 else examples()
-    for batch in length_grouped(stream, batch_size, pool_batches, rng):
-        weights = None if group_weights is None else group_weights()
-        groups = (
-            np.zeros(len(batch), dtype=np.int64)
-            if weights is None
-            else draw_groups(np.array([ex["draw"] for ex in batch]), weights)
+    parts = (
+        cut_block(
+            block.slice(start, ROWS_PER_CUT), tracker, max_history, stride, seed, data_fraction
         )
-        yield {
-            **collate(batch),
-            "group": torch.from_numpy(groups),
-            "source": np.array([ex["source"] for ex in batch for _ in range(targets_of(ex))]),
-        }
+        for block in sequences
+        for start in range(0, block.num_rows, ROWS_PER_CUT)
+    )
+    for examples, pool in pools(parts, batch_size * pool_batches, shuffle_buffer, rng):
+        for batch in length_grouped(examples, pool, batch_size, rng):
+            weights = None if group_weights is None else group_weights()
+            groups = (
+                np.zeros(len(batch), dtype=np.int64)
+                if weights is None
+                else draw_groups(batch.draw, weights)
+            )
+            yield {**collated(batch), "group": torch.from_numpy(groups), "source": sources(batch)}

@@ -16,7 +16,6 @@ from tqdm import tqdm
 
 from genrec.data_pipeline.preprocess import ragged_gather
 from genrec.errors import DataError
-from genrec.provenance import file_digest
 
 MEMBER_SUFFIX = ".items.npy"
 _SUFFIX = MEMBER_SUFFIX.encode()
@@ -164,37 +163,103 @@ def read_shard(
     With `sha256` (from the manifest) the whole shard is checked before anything is yielded;
     with `num_items` every item id is checked to be one of the dataset's items.
     """
+    keys, offsets, items = shard_arrays(path, sha256, num_items)
+    for index, key in enumerate(keys.tolist()):
+        yield key, items[offsets[index] : offsets[index + 1]]
+
+
+def shard_arrays(
+    path: str | Path, sha256: str | None = None, num_items: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A shard's samples as arrays: user keys [U], offsets [U + 1] and items (int64), sample u
+    being items[offsets[u]:offsets[u + 1]]. Checked as `read_shard` says."""
     path = Path(path)
-    if sha256 is not None and file_digest(path) != sha256:
+    blob = path.read_bytes()
+    if sha256 is not None and hashlib.sha256(blob).hexdigest() != sha256:
         raise DataError(
             str(path),
             "checksum mismatch: the shard was damaged or replaced; run genrec prepare again",
         )
+    own = _own_layout(blob)
+    keys, offsets, items = own if own is not None else _tar_members(path)
+    _check_items(path, keys, offsets, items, num_items)
+    return keys, offsets, items
+
+
+def _own_layout(blob: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The samples of a shard laid out as `_tar` writes it (every header, name and .npy header
+    checked), read with array arithmetic; None for any other tar, which `_tar_members` reads
+    (and reports, if damaged)."""
+    starts, sizes, keys = [], [], []
+    position = 0
+    while position + _BLOCK <= len(blob) and blob[position]:
+        name = blob[position : position + 100].split(b"\0", 1)[0]
+        key = name[: -len(_SUFFIX)]
+        if not (name.endswith(_SUFFIX) and key.isdigit()):
+            return None
+        try:
+            size = int(blob[position + 124 : position + 135], 8)
+        except ValueError:
+            return None
+        starts.append(position)
+        sizes.append(size)
+        keys.append(int(key))
+        position += _BLOCK + -(-size // _BLOCK) * _BLOCK
+    if position > len(blob) or blob[position:].strip(b"\0"):
+        return None
+    raw = np.frombuffer(blob, dtype=np.uint8)
+    start, size = np.array(starts, dtype=np.int64), np.array(sizes, dtype=np.int64)
+    lengths = (size - _NPY_HEADER_BYTES) // 4
+    if (lengths < 0).any() or ((size - _NPY_HEADER_BYTES) % 4).any():
+        return None
+    headers = raw[start[:, None] + np.arange(_BLOCK)]
+    stored = (headers[:, 148:154].astype(np.int64) - ord("0")) @ (8 ** np.arange(5, -1, -1))
+    summed = headers.sum(axis=1, dtype=np.int64) - headers[:, 148:156].sum(axis=1) + 8 * ord(" ")
+    if (stored != summed).any() or not np.isin(headers[:, 156], (0, ord("0"))).all():
+        return None
+    unique, which = np.unique(lengths, return_inverse=True)
+    npy = raw[(start + _BLOCK)[:, None] + np.arange(_NPY_HEADER_BYTES)]
+    if not np.array_equal(npy, np.stack([_npy_header(int(n)) for n in unique])[which]):
+        return None
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    first = (start + _BLOCK + _NPY_HEADER_BYTES) // 4
+    words = np.repeat(first - offsets[:-1], lengths) + np.arange(offsets[-1])
+    return np.array(keys, dtype=np.int64), offsets, raw.view("<i4")[words].astype(np.int64)
+
+
+def _tar_members(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Any valid tar's `*.items.npy` members, read with tarfile."""
+    keys, samples = [], []
     member = None
     try:
         with tarfile.open(path, mode="r|") as tar:
             for member in tar:
                 if not member.isfile() or not member.name.endswith(MEMBER_SUFFIX):
                     continue
-                key = member.name.rsplit("/", 1)[-1][: -len(MEMBER_SUFFIX)]
-                items = np.load(io.BytesIO(tar.extractfile(member).read()), allow_pickle=False)
-                _check_items(path, member.name, items, num_items)
-                yield int(key), items.astype(np.int64, copy=False)
+                keys.append(int(member.name.rsplit("/", 1)[-1][: -len(MEMBER_SUFFIX)]))
+                data = tar.extractfile(member).read()
+                samples.append(np.load(io.BytesIO(data), allow_pickle=False).astype(np.int64))
             end = tar.offset
-    except DataError:
-        raise
     except (tarfile.TarError, EOFError, OSError, ValueError) as err:
         where = f" after member {member.name}" if member is not None else ""
         raise DataError(str(path), f"corrupt or truncated shard{where}: {err}") from err
     _check_end(path, end)
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in samples])]).astype(np.int64)
+    items = np.concatenate(samples) if samples else np.zeros(0, dtype=np.int64)
+    return np.array(keys, dtype=np.int64), offsets, items
 
 
-def _check_items(path: Path, member: str, items: np.ndarray, num_items: int | None) -> None:
+def _check_items(
+    path: Path, keys: np.ndarray, offsets: np.ndarray, items: np.ndarray, num_items: int | None
+) -> None:
+    """Every item id one of the dataset's; the first that is not is reported with its member."""
     if num_items is None or not items.size:
         return
-    low, high = int(items.min()), int(items.max())
-    if low < 0 or high >= num_items:
-        bad = low if low < 0 else high
+    bad = np.flatnonzero((items < 0) | (items >= num_items))
+    if bad.size:
+        member = int(np.searchsorted(offsets, bad[0], side="right")) - 1
+        name = f"{keys[member]:0{_MIN_NAME_DIGITS}d}{MEMBER_SUFFIX}"
         raise DataError(
-            str(path), f"member {member}: item id {bad} is not one of the {num_items} items"
+            str(path),
+            f"member {name}: item id {int(items[bad[0]])} is not one of the {num_items} items",
         )

@@ -2,8 +2,9 @@
 
 Neither loads the dataset into one process: each reader opens only its own shards (or, when
 there are fewer shards than readers, every reader skims all shards and keeps its own samples).
-Examples are every prefix of a user's training sequence predicting the next item, or, for the
-causal encoder, windows of the sequence in which every item predicts the next.
+Examples are every prefix of a user's training sequence predicting the next item, as dicts;
+the training stream cuts them (and the causal encoder's windows) as arrays
+(example_arrays.py).
 """
 
 import itertools
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from genrec.data_pipeline.example_arrays import Sequences, cut_prefixes
 from genrec.data_pipeline.prepare import load_manifest
 from genrec.data_pipeline.shards import read_shard
 
@@ -37,35 +39,12 @@ def shard_paths(data_dir: str | Path) -> list[Path]:
 def prefix_examples(
     user: int, seq: np.ndarray, max_history: int, first: int = 1
 ) -> Iterator[Example]:
-    """Each item from position `first` on as a target, after up to max_history before it."""
-    for t in range(first, seq.size):
-        yield {"user": user, "history": seq[max(0, t - max_history) : t], "target": int(seq[t])}
-
-
-def window_examples(user: int, seq: np.ndarray, max_history: int, stride: int) -> Iterator[Example]:
-    """The causal encoder's examples: windows of up to max_history items, each item's target
-    the next one (-1 where a target is not trained here). Each window trains the next
-    `stride` targets, the newest it holds, so every target is trained once and sees at least
-    max_history - stride + 1 items (all before it, up to max_history: windows start at the
-    first item until they reach max_history items, as `prefix_examples`). No window trains
-    more than `stride`: the model decodes only trained targets, padding each window to the
-    batch's most."""
-    trained, last = 0, seq.size - 1
-    while trained < last:
-        end = min(last, trained + stride)
-        if trained < max_history:
-            end = min(end, max_history)
-        start = max(0, end - max_history)
-        target = seq[start + 1 : end + 1].astype(np.int64)
-        target[: trained - start] = -1
-        yield {"user": user, "history": seq[start:end], "target": target}
-        trained = end
-
-
-def targets_of(example: Example) -> int:
-    """How many targets an example trains: one, or a window's trained ones."""
-    target = example["target"]
-    return 1 if np.isscalar(target) else int((target >= 0).sum())
+    """Each item from position `first` on as a target, after up to max_history before it (one
+    sequence's `cut_prefixes`, as dicts)."""
+    cut = cut_prefixes(Sequences.of_lists([seq], np.array([user])), max_history, seed=0)
+    for t in range(first - 1, len(cut)):
+        history = cut.history[t, max_history - int(cut.length[t]) :]
+        yield {"user": user, "history": history, "target": int(cut.target[t])}
 
 
 def shuffled(examples: Iterator[Example], size: int, rng: np.random.Generator) -> Iterator[Example]:
@@ -172,41 +151,6 @@ def collate(examples: list[Example]) -> dict[str, torch.Tensor]:
             else right_aligned(targets)
         ),
     }
-
-
-def length_grouped(
-    examples: Iterator[Example], batch_size: int, pool_batches: int, rng: np.random.Generator
-) -> Iterator[list[Example]]:
-    """Batches of examples with similar history lengths, each of `batch_size` targets (a
-    window counts its trained targets; the last batch of a pool may hold fewer).
-
-    Prefix examples range from one item to the whole history, so a random batch is mostly
-    padding. A pool of `pool_batches` batches is sorted by length, cut into batches, and the
-    batches leave in random order: padding drops while the epoch stays shuffled.
-    """
-    while pool := _take(examples, batch_size * pool_batches):
-        pool.sort(key=lambda ex: len(ex["history"]))
-        batches, batch, count = [], [], 0
-        for ex in pool:
-            batch.append(ex)
-            count += targets_of(ex)
-            if count >= batch_size:
-                batches.append(batch)
-                batch, count = [], 0
-        batches += [batch] if batch else []
-        for index in rng.permutation(len(batches)):
-            yield batches[index]
-
-
-def _take(examples: Iterator[Example], targets: int) -> list[Example]:
-    """The next examples up to `targets` targets (or the rest)."""
-    taken, count = [], 0
-    for ex in examples:
-        taken.append(ex)
-        count += targets_of(ex)
-        if count >= targets:
-            break
-    return taken
 
 
 def length_batches(examples: list[Example], max_items: int) -> Iterator[list[Example]]:

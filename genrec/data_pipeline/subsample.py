@@ -11,16 +11,8 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from genrec.data_pipeline.hashing import GOLDEN, mixed, unit_floats
 from genrec.data_pipeline.prepare import load_manifest
-
-GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mixed(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: uint64 -> uint64 with every input bit reaching every output."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
 
 
 def kept_users(users: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -29,8 +21,8 @@ def kept_users(users: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     if fraction >= 1:
         return np.ones(users.shape, dtype=bool)
     with np.errstate(over="ignore"):
-        key = _mixed(np.uint64(seed) * GOLDEN + np.uint64(1))
-        uniform = (_mixed(users.astype(np.uint64) ^ key) >> np.uint64(11)) / float(1 << 53)
+        key = mixed(np.uint64(seed) * GOLDEN + np.uint64(1))
+        uniform = unit_floats(mixed(users.astype(np.uint64) ^ key))
     return uniform < fraction
 
 
