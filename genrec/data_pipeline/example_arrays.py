@@ -201,8 +201,9 @@ def pools(
     shuffle buffer each pool is a random draw of whole rows (a sequence's examples) from
     everything held, leaving at least `shuffle_buffer` examples behind, so neighbours in a
     shard are mixed while the stream stays a stream; without one, arrival order. Whole rows
-    keep a row's examples in one pool: a checkpoint finds in flight only the current pool's
-    rows, which a resumed run reads again. Only the held-back rest is copied."""
+    keep a row's examples in one pool: a checkpoint finds in flight only the rows held (the
+    pool's and the buffer's), which a resumed run reads again. Only the held-back rest is
+    copied."""
     held: list[Examples] = []
     count = size = 0
     for part in parts:
