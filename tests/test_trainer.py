@@ -18,6 +18,7 @@ from genrec.trainer.engine import deepspeed_config, warmup_cosine
 from genrec.trainer.evaluate import left_padded
 from genrec.trainer.item_codes import ItemCodes
 from genrec.trainer.model import code_cross_entropy
+from genrec.trainer.train import Progress
 
 
 def test_global_batch_is_split_into_accumulation_steps():
@@ -170,3 +171,26 @@ def test_validation_runs_every_eval_every_steps_or_once_an_epoch():
     assert validation_steps(cfg.trainer, 10) == 1
     cfg = load_config([], ["trainer.eval_every=40"])
     assert validation_steps(cfg.trainer, 27_242) == 40
+
+
+def patience_run(curve: list[float], min_gain: float, patience: int = 2) -> tuple[int, int]:
+    """(validations run, index of the best) when patience stops the curve's run."""
+    progress = Progress()
+    for index, value in enumerate(curve):
+        progress.step = index
+        progress.judge({"ndcg@10": value}, min_gain)
+        if progress.stale >= patience:
+            return index + 1, progress.best_step
+    return len(curve), progress.best_step
+
+
+def test_patience_resets_on_a_gain_of_min_gain_and_the_best_is_kept_regardless():
+    """A slow creep (1% a validation) keeps a run going at min_gain 0; at 2% it stops after
+    `patience` validations that do not beat, by 2%, the one that last reset patience, and
+    still selects the best validation it saw."""
+    creep = [0.100, 0.200, 0.202, 0.204, 0.206, 0.208, 0.150]
+    assert patience_run(creep, 0.0) == (len(creep), 5)
+    assert patience_run(creep, 0.02) == (4, 3)
+    assert patience_run([0.1, 0.3, 0.2, 0.25], 0.0) == (4, 1)
+    with pytest.raises(ConfigError, match=r"trainer\.min_gain"):
+        load_config([], ["trainer.min_gain=-0.1"])

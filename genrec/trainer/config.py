@@ -208,6 +208,9 @@ class TrainerConfig:
     temperature: float = option(1.0, "logit temperature of the code loss (< 1: LETTER)")
     eval_every: int | None = option(None, "optimizer steps between validations (null: one epoch's)")
     patience: int = option(5, "validations without progress before the run stops")
+    min_gain: float = option(
+        0.0, "progress: relative gain in NDCG@10 over the validation that last made progress"
+    )
     checkpoint_every: int = option(0, "optimizer steps between checkpoints (0: each validation)")
     keep_checkpoints: int = option(2, "newest checkpoints Ray keeps")
     zero_stage: int = option(0, "DeepSpeed ZeRO stage, 0-3")
@@ -236,6 +239,7 @@ class TrainerConfig:
             at_least(self, 1, "eval_every")
         at_least(self, 1, "patience", "keep_checkpoints", "log_every")
         at_least(self, 0, "warmup_steps", "weight_decay", "checkpoint_every", "shuffle_buffer")
+        at_least(self, 0, "min_gain")
         positive(self, "lr", "temperature", "grad_clip")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             raise Invalid("micro_batch_size", f"must be >= 1 or null, got {self.micro_batch_size}")

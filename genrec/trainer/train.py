@@ -4,7 +4,8 @@ Every prefix of a user's training sequence predicts its next item; the method tu
 into a loss (its `objective`) and ranks items for validation (its `ranker`). The loop validates
 every `trainer.eval_every` optimizer steps, or once an epoch (each rank scores a slice of the
 validation users), keeps the weights with the best validation NDCG@10, stops after
-`trainer.patience` validations without progress, and checkpoints its named states as it goes.
+`trainer.patience` validations without progress (a gain of `trainer.min_gain`), and checkpoints
+its named states as it goes.
 Where the batches come from and where checkpoints go is the caller's business
 (genrec/cluster/train_job.py runs it on Ray Train). The test split is never read here.
 """
@@ -133,6 +134,7 @@ class Progress:
     best_step: int = 0
     best: dict[str, float] = field(default_factory=lambda: {SELECT_METRIC: -1.0})
     stale: int = 0
+    mark: float = -1.0  # the validation NDCG@10 that last reset patience
     groups: list[int] = field(default_factory=list)  # examples drawn in each code group
     history: list[dict[str, Any]] = field(default_factory=list)
     losses: list[list[float]] = field(default_factory=list)
@@ -143,6 +145,20 @@ class Progress:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
             setattr(self, key, value)
+
+    def judge(self, metrics: dict[str, float], min_gain: float) -> bool:
+        """Records a validation; True when it is the best so far. Patience resets only on a
+        relative gain of `min_gain` over the validation that last reset it, so a flat curve's
+        noise-sized creep does not keep a run going (the best weights are kept either way)."""
+        value = metrics[SELECT_METRIC]
+        if value > self.mark + abs(self.mark) * min_gain:
+            self.mark, self.stale = value, 0
+        else:
+            self.stale += 1
+        if value <= self.best[SELECT_METRIC]:
+            return False
+        self.best, self.best_step = metrics, self.step
+        return True
 
 
 class BestModel:
@@ -390,13 +406,10 @@ class Loop:
             "valid_seconds": round(time.perf_counter() - started, 1),
         }
         p.history.append({"step": p.step, "epoch": self.epoch(), **seen, **cost, **metrics})
-        if metrics[SELECT_METRIC] > p.best[SELECT_METRIC]:
-            p.best, p.best_step, p.stale = metrics, p.step, 0
+        if p.judge(metrics, self.trainer.min_gain):
             self.best_model.load_state_dict(self.eval_model.state_dict())
             for plugin in self.plugins:
                 plugin.new_best()
-        else:
-            p.stale += 1
         if self.rank == 0:
             log.info(
                 "step %d: valid recall@10 %.4f ndcg@10 %.4f (best %.4f at step %d)",
