@@ -162,13 +162,17 @@ def test_a_missing_shared_dataset_fails_loudly_in_ci(monkeypatch):
 
 def test_the_defaults_train_to_the_plateau_with_each_methods_encoder():
     """`genrec run` validates a 2,000-user sample once an epoch at a constant lr until patience
-    stops it, with the causal encoder; TokenRec's history-coded user tokens, which one causal
+    (gains under 2% do not count) stops it, with the causal encoder; MTGRec's and ETEGRec's
+    fixed spans count any gain; TokenRec's history-coded user tokens, which one causal
     pass cannot give, load with the bidirectional encoder; MTGRec's fixed curriculum span keeps
     its decaying schedule."""
     cfg = load_config([], [])
     assert cfg.trainer.model.encoder == "causal" and cfg.trainer.eval_every is None
     assert cfg.evaluate.valid_users == 2000 and cfg.trainer.min_lr_ratio == 1.0
     assert cfg.trainer.epochs == 200 and cfg.trainer.patience == 5
+    assert cfg.trainer.min_gain == 0.02
+    for fixed_span in ("mtgrec", "etegrec"):
+        assert load_config([], [f"method={fixed_span}"]).trainer.min_gain == 0.0
     tokenrec = load_config([], ["method=tokenrec"])
     assert tokenrec.trainer.model.encoder == "bidirectional"
     with pytest.raises(ConfigError, match=r"'trainer.tokenrec.user_tokens' is history"):

@@ -45,7 +45,7 @@ ETEGREC = MethodSpec(
             "latent_dim": 128,
         },
         # A fixed alternation of tokenizer and recommender epochs, on a decaying schedule.
-        "trainer": {"temperature": 1.0, "epochs": 8, "min_lr_ratio": 0.05},
+        "trainer": {"temperature": 1.0, "epochs": 8, "min_lr_ratio": 0.05, "min_gain": 0.0},
         "finetune": {"epochs": 4, "lr": 5e-4},
     },
     stages=("data", "tokenize", "train", "finetune", "evaluate"),

@@ -41,6 +41,7 @@ MTGREC = MethodSpec(
             # The curriculum's stages fill a fixed span, on a decaying schedule.
             "epochs": 6,
             "min_lr_ratio": 0.05,
+            "min_gain": 0.0,
             "curriculum": {"stage_epochs": [2, 1, 1, 1], "tau": 1.0},
         },
         "finetune": {"epochs": 2, "lr": 2e-4},
