@@ -1,6 +1,8 @@
 """The training loop's parts: engine settings, schedule, loss, batching and evaluation inputs."""
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -63,6 +65,23 @@ def test_bf16_follows_precision_and_device():
     assert deepspeed_config(cfg.trainer, 1, torch.device("cpu"))["bf16"]["enabled"] is True
     auto = load_config([]).trainer
     assert deepspeed_config(auto, 1, torch.device("cuda"))["bf16"]["enabled"] is True
+
+
+def test_the_cpu_backend_never_builds_deepspeeds_shared_memory_op():
+    """A fresh install's first CPU run would compile it (25-40 s) for inference kernels that
+    training never calls. In a subprocess: the test process keeps no process group."""
+    probe = (
+        "import torch\n"
+        "from genrec.trainer.engine import init_distributed\n"
+        "init_distributed(torch.device('cpu'))\n"
+        "from deepspeed.comm import comm\n"
+        "print(comm.cdb.shm_comm_op)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert out.stdout.strip().splitlines()[-1] == "None"
+    assert "built successfully" not in out.stdout + out.stderr
 
 
 def test_warmup_then_cosine_to_the_floor():

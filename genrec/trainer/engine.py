@@ -69,10 +69,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def skip_shm_op() -> None:
+    """DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce when it starts (25-40 s
+    on 2 cores, once per install and node; it needs a C++ compiler) that only its inference
+    kernels call: training reduces through gloo. Marked unavailable, it is never built."""
+    import deepspeed.ops
+    from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
+    deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
+
+
 def init_distributed(device: torch.device) -> None:
     """Join the process group the launcher set up, or make a one-process group."""
     if device.type == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        skip_shm_op()
     import deepspeed
 
     if torch.distributed.is_initialized():
