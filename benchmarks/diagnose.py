@@ -1,7 +1,7 @@
 """Where a generative run loses its quality, measured on validation users (never the test).
 
 Command:
-    python benchmarks/diagnose.py RUN_DIR [--users 2000] [--beams 10 20 50]
+    python benchmarks/diagnose.py RUN_DIR [--users 2000] [--beams 10 20 50] [--sasrec DIR]
 
 For a finished `genrec run` folder (its config read back from metrics.json), on a fixed seeded
 sample of validation users:
@@ -13,7 +13,12 @@ sample of validation users:
   remaining codes. The gap to beam search's recall is what the first level loses;
 - **beam size**: recall and NDCG@10 of beam search at each `--beams` width;
 - **collisions**: items per first code, and the share of items whose L codes (the dedup code
-  aside) another item shares.
+  aside) another item shares;
+- **the SASRec beside it** (`--sasrec DIR`, a trained SASRec's folder on the same data, e.g.
+  the tuned point of `benchmarks/converged.py`): the same two figures read off its item scores,
+  so the gap to SASRec splits into the first code and the rest. Its first-code accuracy is
+  the argmax of its probability summed over each first code's items; its oracle recall ranks
+  the target among the items sharing its first code by SASRec's score.
 Writes RUN_DIR/diagnosis.json and prints the figures.
 """
 
@@ -26,10 +31,11 @@ import numpy as np
 import torch
 
 from genrec import stages
+from genrec.cf.sasrec import load_sasrec, pad_histories, sasrec_queries
 from genrec.config import config_from_dict
-from genrec.data_pipeline.prepared import load_eval_set
+from genrec.data_pipeline.prepared import EvalSet, load_eval_set
 from genrec.methods import method_spec
-from genrec.metrics import ranking_metrics, ranks_in_lists
+from genrec.metrics import USER_BATCH, ranking_metrics, ranks_in_lists
 from genrec.provenance import code_version, write_json
 from genrec.trainer.checkpoint import load_model
 from genrec.trainer.evaluate import eval_batches
@@ -60,9 +66,47 @@ def oracle_ranks(model, batch, table: torch.Tensor) -> np.ndarray:
             logp = model(history, codes, user).float().log_softmax(-1)
             scores.append(logp.gather(2, codes[..., None]).squeeze(2)[:, 1:].sum(1))
         score = torch.cat(scores)
-        target = score[candidates == batch.target[row]]
-        ranks.append(int((score > target).sum() + (score == target).sum() - 1))
+        ranks.append(int(tied_rank(score, score[candidates == batch.target[row]][0])))
     return np.array(ranks)
+
+
+def tied_rank(scores: torch.Tensor, target: torch.Tensor, among: torch.Tensor | None = None):
+    """0-based rank of `target` among `scores` (last dim; only where `among`), ties counted
+    against it."""
+    above = scores >= target[..., None]
+    return (above if among is None else above & among).sum(-1) - 1
+
+
+@torch.no_grad()
+def sasrec_levels(sasrec_dir: Path, valid: EvalSet, table: torch.Tensor) -> dict:
+    """The tuned SASRec's first-code accuracy and oracle recall on the same users."""
+    model = load_sasrec(sasrec_dir)
+    items = model.item_vectors.shape[0]
+    if items != len(table):
+        raise SystemExit(f"{sasrec_dir} scores {items} items, the run codes {len(table)}")
+    width = model.positions.num_embeddings
+    histories = torch.from_numpy(pad_histories(valid.offsets, valid.history, width))
+    scores = torch.cat(
+        [sasrec_queries(model, rows) @ model.item_vectors.T for rows in histories.split(USER_BATCH)]
+    )
+    targets = torch.from_numpy(valid.targets)
+    first = table[:, 0]
+    per_code = torch.zeros(len(scores), int(first.max()) + 1).index_add_(
+        1, first, scores.softmax(-1)
+    )
+    target_scores = scores.gather(1, targets[:, None])[:, 0]
+    oracle = tied_rank(scores, target_scores, first[None, :] == first[targets][:, None])
+    ranks = tied_rank(scores, target_scores)
+    return {
+        "sasrec_dir": str(sasrec_dir),
+        "first_code_accuracy": float((per_code.argmax(1) == first[targets]).numpy().mean()),
+        "oracle_first_code": recalls(oracle.numpy()),
+        "ranking": ranking_metrics(ranks.numpy(), (10,)),
+    }
+
+
+def recalls(ranks: np.ndarray) -> dict[str, float]:
+    return {k: v for k, v in ranking_metrics(ranks, (1, 5, 10)).items() if k.startswith("recall")}
 
 
 def collisions(table: torch.Tensor) -> dict[str, float]:
@@ -77,7 +121,7 @@ def collisions(table: torch.Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def diagnose(run_dir: Path, users: int, beams: list[int]) -> dict:
+def diagnose(run_dir: Path, users: int, beams: list[int], sasrec_dir: Path | None) -> dict:
     saved = json.loads((run_dir / "metrics.json").read_text())
     cfg = config_from_dict(saved["config"])
     method = method_spec(cfg.method)
@@ -99,17 +143,18 @@ def diagnose(run_dir: Path, users: int, beams: list[int]) -> dict:
         for k in beams:
             items = ranker.top_k(model, batch, k)[0].numpy()
             beam_ranks[k].append(ranks_in_lists(items, valid.targets[rows]))
-    oracle_metrics = ranking_metrics(np.concatenate(oracle), (1, 5, 10))
+    sasrec = {} if sasrec_dir is None else {"sasrec": sasrec_levels(sasrec_dir, valid, table)}
     return {
         "run_dir": str(run_dir),
         "method": cfg.method,
         "validation_users": int(valid.targets.size),
         "code_accuracy": (correct.float() / valid.targets.size).tolist(),
-        "oracle_first_code": {k: v for k, v in oracle_metrics.items() if k.startswith("recall")},
+        "oracle_first_code": recalls(np.concatenate(oracle)),
         "beam": {
             k: ranking_metrics(np.concatenate(r), (10,)) for k, r in sorted(beam_ranks.items())
         },
         "collisions": collisions(table),
+        **sasrec,
         "code": code_version(),
     }
 
@@ -121,8 +166,9 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--users", type=int, default=2000, help="validation users (0: all)")
     parser.add_argument("--beams", type=int, nargs="+", default=[10, 20, 50])
+    parser.add_argument("--sasrec", type=Path, help="a trained SASRec's folder on the same data")
     args = parser.parse_args()
-    result = diagnose(args.run_dir.resolve(), args.users, args.beams)
+    result = diagnose(args.run_dir.resolve(), args.users, args.beams, args.sasrec)
     write_json(args.run_dir / "diagnosis.json", result)
     levels = ", ".join(f"{a:.3f}" for a in result["code_accuracy"])
     print(f"{result['method']} on {result['validation_users']} validation users")
@@ -132,6 +178,14 @@ def main() -> None:
     for k, metrics in result["beam"].items():
         print(f"beam {k:>3}: recall@10 {metrics['recall@10']:.4f} ndcg@10 {metrics['ndcg@10']:.4f}")
     print("collisions: " + ", ".join(f"{k} {v:g}" for k, v in result["collisions"].items()))
+    if "sasrec" in result:
+        sasrec = result["sasrec"]
+        oracle = "  ".join(f"{k} {v:.4f}" for k, v in sasrec["oracle_first_code"].items())
+        print(
+            f"sasrec: first-code accuracy {sasrec['first_code_accuracy']:.3f}; oracle {oracle}; "
+            f"recall@10 {sasrec['ranking']['recall@10']:.4f} "
+            f"ndcg@10 {sasrec['ranking']['ndcg@10']:.4f}"
+        )
     print(f"\ncommand: python {' '.join(sys.argv)}\nresults: {args.run_dir / 'diagnosis.json'}")
 
 

@@ -1,5 +1,6 @@
 """benchmarks/diagnose.py: the oracle's rank is the exact ranking restricted to the target's
-first code, and collisions are counted on the codes without the dedup code."""
+first code, collisions are counted on the codes without the dedup code, and SASRec's figures
+are read off its own scores the same way."""
 
 import importlib.util
 from pathlib import Path
@@ -8,6 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from genrec.artifacts import MODEL
+from genrec.cf.sasrec import SASRec
+from genrec.data_pipeline.prepared import EvalSet
 from genrec.trainer.beam_search import beam_search
 from genrec.trainer.model import GenerativeRecommender, ModelConfig
 from genrec.trainer.trie import ItemTrie
@@ -52,3 +56,43 @@ def test_collisions_leave_the_dedup_code_aside():
     found = diagnose.collisions(table)
     assert found["items_sharing_their_codes"] == 0.5
     assert found["items_per_first_code"] == 2.0 and found["largest_first_code"] == 3
+
+
+def test_sasrec_is_read_by_first_code_and_within_it_from_its_own_scores(tmp_path):
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    items, users, width = 40, 30, 5
+    model = SASRec(items, hidden=8, layers=1, heads=1, dropout=0.0, max_len=width)
+    config = {"hidden": 8, "layers": 1, "heads": 1, "dropout": 0.0, "max_len": width}
+    state = {"state_dict": model.state_dict(), "num_items": items, "config": config}
+    torch.save(state, tmp_path / MODEL)
+    lengths = rng.integers(1, 8, users)
+    valid = EvalSet(
+        name="valid",
+        users=np.arange(users),
+        offsets=np.r_[0, np.cumsum(lengths)],
+        history=rng.integers(0, items, lengths.sum()),
+        targets=rng.integers(0, items, users),
+    )
+    table = torch.as_tensor(np.c_[rng.integers(0, 6, items), np.zeros((items, 2), int)])
+    found = diagnose.sasrec_levels(tmp_path, valid, table)
+
+    model.eval()
+    correct, oracle = 0, []
+    for user in range(users):
+        seen = valid.history[valid.offsets[user] : valid.offsets[user + 1]][-width:]
+        with torch.no_grad():
+            scores = model(torch.as_tensor(seen + 1)[None])[0, -1] @ model.item_vectors.T
+        target = int(valid.targets[user])
+        first = table[:, 0]
+        per_code = [scores.softmax(0)[first == c].sum() for c in range(6)]
+        correct += int(np.argmax(per_code) == int(first[target]))
+        group = torch.nonzero(first == first[target]).squeeze(1)
+        ranked = group[scores[group].argsort(descending=True)]
+        oracle.append(int(torch.nonzero(ranked == target).item()))
+    oracle = np.array(oracle)
+    assert found["first_code_accuracy"] == correct / users
+    assert 0 < correct < users
+    assert found["oracle_first_code"]["recall@1"] == (oracle < 1).mean()
+    assert found["oracle_first_code"]["recall@5"] == (oracle < 5).mean()
+    assert 0 < (oracle < 1).mean() < 1
