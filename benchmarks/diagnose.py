@@ -7,7 +7,8 @@ For a finished `genrec run` folder (its config read back from metrics.json), on 
 sample of validation users:
 - **code accuracy**: teacher-forced, the share of targets whose code at each level is the
   decoder's argmax given the true earlier codes (level 0 is the hardest choice: which region
-  of the catalogue);
+  of the catalogue); and recall@1/5/10 of the target's first code among the first codes by
+  the decoder's level-0 logits (beam search keeps several first codes, not the argmax);
 - **oracle recall**: recall@1/5/10 with the target's true first code given, i.e. the target's rank
   among the items sharing its first code, scored by the model's log-probability of their
   remaining codes. The gap to beam search's recall is what the first level loses;
@@ -15,10 +16,10 @@ sample of validation users:
 - **collisions**: items per first code, and the share of items whose L codes (the dedup code
   aside) another item shares;
 - **the SASRec beside it** (`--sasrec DIR`, a trained SASRec's folder on the same data, e.g.
-  the tuned point of `benchmarks/converged.py`): the same two figures read off its item scores,
-  so the gap to SASRec splits into the first code and the rest. Its first-code accuracy is
-  the argmax of its probability summed over each first code's items; its oracle recall ranks
-  the target among the items sharing its first code by SASRec's score.
+  the tuned point of `benchmarks/converged.py`): the first code's recall and the oracle read
+  off its item scores, so the gap to SASRec splits into the first code and the rest. Its
+  first codes are ranked by its probability summed over each first code's items; its oracle
+  ranks the target among the items sharing its first code by SASRec's score.
 Writes RUN_DIR/diagnosis.json and prints the figures.
 """
 
@@ -45,10 +46,13 @@ from genrec.trainer.ranking import BeamSearchRanker
 PAIRS_PER_PASS = 4096  # (user, candidate) rows teacher-forced at once
 
 
-def code_accuracy(model, batch) -> torch.Tensor:
-    """Correct argmax codes per level [L+1] summed over the batch."""
+def teacher_forced(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Correct argmax codes per level [L+1] summed over the batch, and each target's first
+    code's 0-based rank among the first codes [B]."""
     logits = model(batch.history_codes, batch.target_codes, batch.user)
-    return (logits.argmax(-1) == batch.target_codes).sum(0)
+    first = logits[:, 0].float()
+    ranks = rank_of(first, batch.target_codes[:, 0])
+    return (logits.argmax(-1) == batch.target_codes).sum(0), ranks
 
 
 def oracle_ranks(model, batch, table: torch.Tensor) -> np.ndarray:
@@ -66,15 +70,15 @@ def oracle_ranks(model, batch, table: torch.Tensor) -> np.ndarray:
             logp = model(history, codes, user).float().log_softmax(-1)
             scores.append(logp.gather(2, codes[..., None]).squeeze(2)[:, 1:].sum(1))
         score = torch.cat(scores)
-        ranks.append(int(tied_rank(score, score[candidates == batch.target[row]][0])))
+        ranks.append(int(rank_of(score[None], torch.nonzero(candidates == batch.target[row])[0])))
     return np.array(ranks)
 
 
-def tied_rank(scores: torch.Tensor, target: torch.Tensor, among: torch.Tensor | None = None):
-    """0-based rank of `target` among `scores` (last dim; only where `among`), ties counted
-    against it."""
-    above = scores >= target[..., None]
-    return (above if among is None else above & among).sum(-1) - 1
+def rank_of(scores: torch.Tensor, target: torch.Tensor, among: torch.Tensor | None = None):
+    """0-based rank of column `target` [B] in each row of `scores` [B, N] (only where `among`),
+    ties counted against it."""
+    above = scores >= scores.gather(1, target[:, None])
+    return (above if among is None else above & among).sum(1) - 1
 
 
 @torch.no_grad()
@@ -94,14 +98,12 @@ def sasrec_levels(sasrec_dir: Path, valid: EvalSet, table: torch.Tensor) -> dict
     per_code = torch.zeros(len(scores), int(first.max()) + 1).index_add_(
         1, first, scores.softmax(-1)
     )
-    target_scores = scores.gather(1, targets[:, None])[:, 0]
-    oracle = tied_rank(scores, target_scores, first[None, :] == first[targets][:, None])
-    ranks = tied_rank(scores, target_scores)
+    oracle = rank_of(scores, targets, first[None, :] == first[targets][:, None])
     return {
         "sasrec_dir": str(sasrec_dir),
-        "first_code_accuracy": float((per_code.argmax(1) == first[targets]).numpy().mean()),
+        "first_code": recalls(rank_of(per_code, first[targets]).numpy()),
         "oracle_first_code": recalls(oracle.numpy()),
-        "ranking": ranking_metrics(ranks.numpy(), (10,)),
+        "ranking": ranking_metrics(rank_of(scores, targets).numpy(), (10,)),
     }
 
 
@@ -136,9 +138,10 @@ def diagnose(run_dir: Path, users: int, beams: list[int], sasrec_dir: Path | Non
     if not isinstance(ranker, BeamSearchRanker):
         raise SystemExit(f"{cfg.method} does not decode by beam search: nothing to diagnose")
     table = codes.group(0)
-    correct, oracle, beam_ranks = 0, [], {k: [] for k in beams}
+    correct, first_ranks, oracle, beam_ranks = 0, [], [], {k: [] for k in beams}
     for rows, batch in eval_batches(valid, codes, cfg.evaluate.batch_size, desc="diagnose"):
-        correct = correct + code_accuracy(model, batch)
+        levels, ranks = teacher_forced(model, batch)
+        correct, first_ranks = correct + levels, [*first_ranks, ranks.numpy()]
         oracle.append(oracle_ranks(model, batch, table))
         for k in beams:
             items = ranker.top_k(model, batch, k)[0].numpy()
@@ -149,6 +152,7 @@ def diagnose(run_dir: Path, users: int, beams: list[int], sasrec_dir: Path | Non
         "method": cfg.method,
         "validation_users": int(valid.targets.size),
         "code_accuracy": (correct.float() / valid.targets.size).tolist(),
+        "first_code": recalls(np.concatenate(first_ranks)),
         "oracle_first_code": recalls(np.concatenate(oracle)),
         "beam": {
             k: ranking_metrics(np.concatenate(r), (10,)) for k, r in sorted(beam_ranks.items())
@@ -171,8 +175,10 @@ def main() -> None:
     result = diagnose(args.run_dir.resolve(), args.users, args.beams, args.sasrec)
     write_json(args.run_dir / "diagnosis.json", result)
     levels = ", ".join(f"{a:.3f}" for a in result["code_accuracy"])
+    first = "  ".join(f"{k} {v:.4f}" for k, v in result["first_code"].items())
     print(f"{result['method']} on {result['validation_users']} validation users")
     print(f"teacher-forced code accuracy per level: {levels}")
+    print(f"the target's first code among the first codes: {first}")
     oracle = result["oracle_first_code"]
     print("oracle (true first code) " + "  ".join(f"{k} {v:.4f}" for k, v in oracle.items()))
     for k, metrics in result["beam"].items():
@@ -180,12 +186,12 @@ def main() -> None:
     print("collisions: " + ", ".join(f"{k} {v:g}" for k, v in result["collisions"].items()))
     if "sasrec" in result:
         sasrec = result["sasrec"]
+        first = "  ".join(f"{k} {v:.4f}" for k, v in sasrec["first_code"].items())
         oracle = "  ".join(f"{k} {v:.4f}" for k, v in sasrec["oracle_first_code"].items())
-        print(
-            f"sasrec: first-code accuracy {sasrec['first_code_accuracy']:.3f}; oracle {oracle}; "
-            f"recall@10 {sasrec['ranking']['recall@10']:.4f} "
-            f"ndcg@10 {sasrec['ranking']['ndcg@10']:.4f}"
-        )
+        ranking = sasrec["ranking"]
+        print(f"sasrec: the target's first code: {first}")
+        print(f"sasrec: oracle {oracle}")
+        print(f"sasrec: recall@10 {ranking['recall@10']:.4f} ndcg@10 {ranking['ndcg@10']:.4f}")
     print(f"\ncommand: python {' '.join(sys.argv)}\nresults: {args.run_dir / 'diagnosis.json'}")
 
 
