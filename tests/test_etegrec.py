@@ -16,6 +16,7 @@ from genrec.config import load_config
 from genrec.errors import ConfigError, DataError
 from genrec.methods import method_spec
 from genrec.methods.etegrec.end_to_end import (
+    EndToEnd,
     Phase,
     first_occurrences,
     gather_rows,
@@ -90,6 +91,44 @@ def test_each_cycle_trains_the_tokenizer_first_and_the_ablation_trains_both():
     assert [phase_of(e, 2, True) for e in range(5)] == [t, r, t, r, t]
     assert [phase_of(e, 3, True) for e in range(6)] == [t, r, r, t, r, r]
     assert [phase_of(e, 2, False) for e in range(3)] == [j, j, j]
+
+
+def validations(steps: list[tuple[Phase, Phase | None, bool]]) -> list[int]:
+    """The steps ETEGRec validates after, given each step's (phase it trained, next step's
+    phase, whether the loop's cadence was due)."""
+    plugin = EndToEnd.__new__(EndToEnd)
+    plugin.owed = False
+    validated = []
+    for step, (plugin.finished, plugin.phase, due) in enumerate(steps):
+        if plugin.validate_now(due):
+            validated.append(step)
+    return validated
+
+
+def test_a_validation_falls_at_the_end_of_a_recommender_phase_never_after_a_recoding():
+    """A cadence of one cycle whose due steps drift onto tokenizer steps (or just after a
+    re-coding) still validates once a cycle, each time the recommender has trained on the
+    latest IDs; a run without alternation validates when due."""
+    t, r, j = Phase.tokenizer, Phase.recommender, Phase.joint
+    cycle = [
+        (t, t, False),
+        (t, t, False),
+        (t, r, False),
+        (r, r, False),
+        (r, r, False),
+        (r, t, False),
+    ]
+
+    def with_due(*steps: int) -> list[tuple[Phase, Phase | None, bool]]:
+        run = cycle * 3
+        return [(f, n, i in steps) for i, (f, n, _) in enumerate(run)]
+
+    assert validations(with_due(0, 6, 12)) == [5, 11, 17]  # due on the tokenizer's first step
+    assert validations(with_due(3, 9, 15)) == [5, 11, 17]  # due on the first after re-coding
+    assert validations(with_due(5, 11, 17)) == [5, 11, 17]  # due where it is meaningful
+    assert validations(with_due(0)) == [5]  # one owed validation, made once
+    assert validations(with_due()) == []
+    assert validations([(j, j, False), (j, j, True), (j, None, True)]) == [1, 2]
 
 
 def test_unique_targets_are_first_occurrences_and_one_rank_gathers_itself():

@@ -18,9 +18,10 @@ from genrec.errors import ConfigError, DataError
 from genrec.trainer.config import batch_plan, validation_steps
 from genrec.trainer.engine import deepspeed_config, warmup_cosine
 from genrec.trainer.evaluate import left_padded
+from genrec.trainer.hooks import Plugin
 from genrec.trainer.item_codes import ItemCodes
 from genrec.trainer.model import code_cross_entropy
-from genrec.trainer.train import Progress
+from genrec.trainer.train import Progress, wants_validation
 
 
 def test_global_batch_is_split_into_accumulation_steps():
@@ -201,6 +202,31 @@ def patience_run(curve: list[float], min_gain: float, patience: int = 2) -> tupl
         if progress.stale >= patience:
             return index + 1, progress.best_step
     return len(curve), progress.best_step
+
+
+class Deferring(Plugin):
+    """Validates on odd steps only, keeping a due validation until then."""
+
+    def __init__(self):
+        self.step, self.owed = 0, False
+
+    def validate_now(self, due: bool) -> bool:
+        self.step, self.owed = self.step + 1, self.owed or due
+        if self.step % 2 == 0:
+            return False
+        now, self.owed = self.owed, False
+        return now
+
+
+def test_the_loop_validates_when_due_unless_a_plugin_moves_it():
+    due = [False, True, False, True, False, False]
+    moved = [False, False, True, False, True, False]
+    assert [wants_validation([], d) for d in due] == due
+    assert [wants_validation([Plugin()], d) for d in due] == due
+    alone = [Deferring()]
+    assert [wants_validation(alone, d) for d in due] == moved
+    both = [Plugin(), Deferring()]
+    assert [wants_validation(both, d) for d in due] == moved
 
 
 def test_patience_resets_on_a_gain_of_min_gain_and_the_best_is_kept_regardless():

@@ -55,9 +55,11 @@ class Plugin:
         """At the end of each optimizer step (all ranks together); True stops training."""
         return False
 
-    def may_validate(self) -> bool:
-        """Whether validating now is meaningful (False: the last step left the model as is)."""
-        return True
+    def validate_now(self, due: bool) -> bool | None:
+        """Whether to validate after this step, where the plugin moves validations to steps
+        whose model is worth measuring (keeping a moved one in its state); `due`: the loop's
+        cadence says so. None: the cadence decides."""
+        return None
 
     def new_best(self) -> None:
         """Validation just improved: the model now selected was selected with this state."""

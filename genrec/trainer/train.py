@@ -161,6 +161,13 @@ class Progress:
         return True
 
 
+def wants_validation(plugins: list[Plugin], due: bool) -> bool:
+    """The cadence's `due`, unless a plugin moves the validation; every plugin is asked at
+    every step, since one may keep a validation it moved."""
+    votes = [vote for plugin in plugins if (vote := plugin.validate_now(due)) is not None]
+    return all(votes) if votes else due
+
+
 class BestModel:
     """The best-validation weights, saved as the consolidated `model.pt` a user evaluates."""
 
@@ -516,7 +523,7 @@ class Loop:
                 loss = self.log_terms(writer, meter)["loss"]
             metrics = {"step": p.step, "train_loss": loss, "epoch": self.epoch()}
             due = p.step % self.eval_every == 0
-            if due and all(plugin.may_validate() for plugin in self.plugins):
+            if wants_validation(self.plugins, due):
                 metrics |= self.validate(writer)
                 stop = stop or p.stale >= self.trainer.patience
             if p.step % every == 0 if every else due:

@@ -179,6 +179,7 @@ class EndToEnd(Plugin):
         self.phase: Phase | None = None
         self.phase_epoch = 0
         self.finished: Phase | None = None
+        self.owed = False  # a validation fell due where `validate_now` moved it
         self.changes: list[dict[str, Any]] = []
         self.epochs: list[dict[str, Any]] = []  # each finished epoch's phase and seconds
         self.epoch_started = 0.0
@@ -329,9 +330,20 @@ class EndToEnd(Plugin):
             self.recode()
         return self.stable
 
-    def may_validate(self) -> bool:
-        """Whether the last step trained the recommender (validating is moot otherwise)."""
-        return self.finished is not Phase.tokenizer
+    def validate_now(self, due: bool) -> bool:
+        """At the end of a recommender phase, when a validation fell due since the last one:
+        the model has then trained on the latest IDs. Validating after a tokenizer step
+        measures the model it left as is, right after a re-coding one it has not trained on
+        the new IDs; a cadence of one cycle, as `benchmarks/converged.py` sets, would
+        otherwise fall on those steps for long stretches (a run that never validates never
+        stops). Without alternation, when due."""
+        if self.finished is Phase.joint:
+            return due
+        self.owed = self.owed or due
+        if self.finished is not Phase.recommender or self.phase is Phase.recommender:
+            return False
+        owed, self.owed = self.owed, False
+        return owed
 
     @torch.no_grad()
     def recode(self) -> None:
@@ -404,10 +416,11 @@ class EndToEnd(Plugin):
             "epochs": self.epochs,
             "epoch_started": self.epoch_started,
             "stable": self.stable,
+            "owed": self.owed,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.changes, self.stable = state["changes"], state["stable"]
+        self.changes, self.stable, self.owed = state["changes"], state["stable"], state["owed"]
         self.epochs, self.epoch_started = state["epochs"], state["epoch_started"]
         self.best_ids = state["best_ids"].numpy()
         self.set_ids(state["ids"].numpy())
