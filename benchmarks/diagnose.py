@@ -12,12 +12,15 @@ sample of validation users:
 - **oracle recall**: recall@1/5/10 with the target's true first code given, i.e. the target's rank
   among the items sharing its first code, scored by the model's log-probability of their
   remaining codes. The gap to beam search's recall is what the first level loses;
-- **beam size**: recall and NDCG@10 of beam search at each `--beams` width;
+- **beam size**: recall and NDCG@10 of beam search at each `--beams` width, and at the widest
+  the recall@10 of the users whose target's first code ranks 1st, 2nd-5th, 6th-10th or
+  lower (and each band's share of users);
 - **collisions**: items per first code, and the share of items whose L codes (the dedup code
   aside) another item shares;
 - **the SASRec beside it** (`--sasrec DIR`, a trained SASRec's folder on the same data, e.g.
-  the tuned point of `benchmarks/converged.py`): the first code's recall and the oracle read
-  off its item scores, so the gap to SASRec splits into the first code and the rest. Its
+  the tuned point of `benchmarks/converged.py`): the first code's recall, the oracle and the
+  bands read off its item scores, so the gap to SASRec splits into the first code and the
+  rest. Its
   first codes are ranked by its probability summed over each first code's items; its oracle
   ranks the target among the items sharing its first code by SASRec's score.
 Writes RUN_DIR/diagnosis.json and prints the figures.
@@ -44,6 +47,8 @@ from genrec.trainer.item_codes import ItemCodes
 from genrec.trainer.ranking import BeamSearchRanker
 
 PAIRS_PER_PASS = 4096  # (user, candidate) rows teacher-forced at once
+# Bands of the target's first-code rank (0-based, [low, high)), named 1-based.
+FIRST_CODE_BANDS = (("1", 0, 1), ("2-5", 1, 5), ("6-10", 5, 10), (">10", 10, np.inf))
 
 
 def teacher_forced(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,12 +104,25 @@ def sasrec_levels(sasrec_dir: Path, valid: EvalSet, table: torch.Tensor) -> dict
         1, first, scores.softmax(-1)
     )
     oracle = rank_of(scores, targets, first[None, :] == first[targets][:, None])
+    first_ranks, ranks = rank_of(per_code, first[targets]).numpy(), rank_of(scores, targets).numpy()
     return {
         "sasrec_dir": str(sasrec_dir),
-        "first_code": recalls(rank_of(per_code, first[targets]).numpy()),
+        "first_code": recalls(first_ranks),
         "oracle_first_code": recalls(oracle.numpy()),
-        "ranking": ranking_metrics(rank_of(scores, targets).numpy(), (10,)),
+        "ranking": ranking_metrics(ranks, (10,)),
+        "by_first_code": by_first_code(first_ranks, ranks),
     }
+
+
+def by_first_code(first_ranks: np.ndarray, ranks: np.ndarray) -> dict[str, dict[str, float]]:
+    """The users in each band of their target's first-code rank (its share of them) and the
+    recall@10 of the whole ranking among them: where a ranking loses the target."""
+    out = {}
+    for name, low, high in FIRST_CODE_BANDS:
+        chosen = (first_ranks >= low) & (first_ranks < high)
+        hits = float((ranks[chosen] < 10).mean()) if chosen.any() else 0.0
+        out[name] = {"users": float(chosen.mean()), "recall@10": hits}
+    return out
 
 
 def recalls(ranks: np.ndarray) -> dict[str, float]:
@@ -147,20 +165,29 @@ def diagnose(run_dir: Path, users: int, beams: list[int], sasrec_dir: Path | Non
             items = ranker.top_k(model, batch, k)[0].numpy()
             beam_ranks[k].append(ranks_in_lists(items, valid.targets[rows]))
     sasrec = {} if sasrec_dir is None else {"sasrec": sasrec_levels(sasrec_dir, valid, table)}
+    first_ranks, widest = np.concatenate(first_ranks), max(beams)
     return {
         "run_dir": str(run_dir),
         "method": cfg.method,
         "validation_users": int(valid.targets.size),
         "code_accuracy": (correct.float() / valid.targets.size).tolist(),
-        "first_code": recalls(np.concatenate(first_ranks)),
+        "first_code": recalls(first_ranks),
         "oracle_first_code": recalls(np.concatenate(oracle)),
         "beam": {
             k: ranking_metrics(np.concatenate(r), (10,)) for k, r in sorted(beam_ranks.items())
         },
+        "by_first_code": by_first_code(first_ranks, np.concatenate(beam_ranks[widest])),
         "collisions": collisions(table),
         **sasrec,
         "code": code_version(),
     }
+
+
+def bands(split: dict[str, dict[str, float]]) -> str:
+    return "by the first code's rank: " + "  ".join(
+        f"{name} ({band['users']:.1%} of users) recall@10 {band['recall@10']:.4f}"
+        for name, band in split.items()
+    )
 
 
 def main() -> None:
@@ -183,6 +210,7 @@ def main() -> None:
     print("oracle (true first code) " + "  ".join(f"{k} {v:.4f}" for k, v in oracle.items()))
     for k, metrics in result["beam"].items():
         print(f"beam {k:>3}: recall@10 {metrics['recall@10']:.4f} ndcg@10 {metrics['ndcg@10']:.4f}")
+    print(f"beam {max(args.beams)} " + bands(result["by_first_code"]))
     print("collisions: " + ", ".join(f"{k} {v:g}" for k, v in result["collisions"].items()))
     if "sasrec" in result:
         sasrec = result["sasrec"]
@@ -192,6 +220,7 @@ def main() -> None:
         print(f"sasrec: the target's first code: {first}")
         print(f"sasrec: oracle {oracle}")
         print(f"sasrec: recall@10 {ranking['recall@10']:.4f} ndcg@10 {ranking['ndcg@10']:.4f}")
+        print("sasrec: " + bands(sasrec["by_first_code"]))
     print(f"\ncommand: python {' '.join(sys.argv)}\nresults: {args.run_dir / 'diagnosis.json'}")
 
 

@@ -106,3 +106,16 @@ def test_sasrec_is_read_by_first_code_and_within_it_from_its_own_scores(tmp_path
     assert found["oracle_first_code"]["recall@1"] == (oracle < 1).mean()
     assert found["oracle_first_code"]["recall@5"] == (oracle < 5).mean()
     assert 0 < (oracle < 1).mean() < 1
+
+
+def test_the_bands_split_the_users_by_their_first_codes_rank():
+    first_ranks = np.array([0, 0, 1, 4, 5, 9, 10, 30])
+    ranks = np.array([0, 12, 3, 50, 9, 10, 2, 11])
+    split = diagnose.by_first_code(first_ranks, ranks)
+    assert list(split) == ["1", "2-5", "6-10", ">10"]
+    assert [band["users"] for band in split.values()] == [0.25, 0.25, 0.25, 0.25]
+    assert [band["recall@10"] for band in split.values()] == [0.5, 0.5, 0.5, 0.5]
+    assert diagnose.by_first_code(np.array([0]), np.array([3]))[">10"] == {
+        "users": 0.0,
+        "recall@10": 0.0,
+    }
