@@ -1,7 +1,8 @@
 """Where a generative run loses its quality, measured on validation users (never the test).
 
 Command:
-    python benchmarks/diagnose.py RUN_DIR [--users 2000] [--beams 10 20 50] [--sasrec DIR]
+    python benchmarks/diagnose.py RUN_DIR [--users 2000] [--beams 10 20 50]
+        [--first-code-weights 0.5 0.75] [--sasrec DIR]
 
 For a finished `genrec run` folder (its config read back from metrics.json), on a fixed seeded
 sample of validation users:
@@ -14,7 +15,8 @@ sample of validation users:
   remaining codes. The gap to beam search's recall is what the first level loses;
 - **beam size**: recall and NDCG@10 of beam search at each `--beams` width, and at the widest
   the recall@10 of the users whose target's first code ranks 1st, 2nd-5th, 6th-10th or
-  lower (and each band's share of users);
+  lower (and each band's share of users); with `--first-code-weights`, recall and NDCG@10 at
+  the widest beam with the first code's log-probability so weighted (`beam_search`);
 - **collisions**: items per first code, and the share of items whose L codes (the dedup code
   aside) another item shares;
 - **the SASRec beside it** (`--sasrec DIR`, a trained SASRec's folder on the same data, e.g.
@@ -29,6 +31,7 @@ Writes RUN_DIR/diagnosis.json and prints the figures.
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +144,9 @@ def collisions(table: torch.Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def diagnose(run_dir: Path, users: int, beams: list[int], sasrec_dir: Path | None) -> dict:
+def diagnose(
+    run_dir: Path, users: int, beams: list[int], weights: list[float], sasrec_dir: Path | None
+) -> dict:
     saved = json.loads((run_dir / "metrics.json").read_text())
     cfg = config_from_dict(saved["config"])
     method = method_spec(cfg.method)
@@ -157,6 +162,7 @@ def diagnose(run_dir: Path, users: int, beams: list[int], sasrec_dir: Path | Non
         raise SystemExit(f"{cfg.method} does not decode by beam search: nothing to diagnose")
     table = codes.group(0)
     correct, first_ranks, oracle, beam_ranks = 0, [], [], {k: [] for k in beams}
+    widest, weighted = max(beams), {w: [] for w in weights}
     for rows, batch in eval_batches(valid, codes, cfg.evaluate.batch_size, desc="diagnose"):
         levels, ranks = teacher_forced(model, batch)
         correct, first_ranks = correct + levels, [*first_ranks, ranks.numpy()]
@@ -164,8 +170,11 @@ def diagnose(run_dir: Path, users: int, beams: list[int], sasrec_dir: Path | Non
         for k in beams:
             items = ranker.top_k(model, batch, k)[0].numpy()
             beam_ranks[k].append(ranks_in_lists(items, valid.targets[rows]))
+        for w in weights:
+            items = replace(ranker, first_code_weight=w).top_k(model, batch, widest)[0].numpy()
+            weighted[w].append(ranks_in_lists(items, valid.targets[rows]))
     sasrec = {} if sasrec_dir is None else {"sasrec": sasrec_levels(sasrec_dir, valid, table)}
-    first_ranks, widest = np.concatenate(first_ranks), max(beams)
+    first_ranks = np.concatenate(first_ranks)
     return {
         "run_dir": str(run_dir),
         "method": cfg.method,
@@ -177,6 +186,9 @@ def diagnose(run_dir: Path, users: int, beams: list[int], sasrec_dir: Path | Non
             k: ranking_metrics(np.concatenate(r), (10,)) for k, r in sorted(beam_ranks.items())
         },
         "by_first_code": by_first_code(first_ranks, np.concatenate(beam_ranks[widest])),
+        "first_code_weight": {
+            w: ranking_metrics(np.concatenate(r), (10,)) for w, r in sorted(weighted.items())
+        },
         "collisions": collisions(table),
         **sasrec,
         "code": code_version(),
@@ -197,9 +209,18 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--users", type=int, default=2000, help="validation users (0: all)")
     parser.add_argument("--beams", type=int, nargs="+", default=[10, 20, 50])
+    parser.add_argument(
+        "--first-code-weights",
+        type=float,
+        nargs="*",
+        default=[],
+        help="rank again at the widest beam with these weights on the first code's log-prob",
+    )
     parser.add_argument("--sasrec", type=Path, help="a trained SASRec's folder on the same data")
     args = parser.parse_args()
-    result = diagnose(args.run_dir.resolve(), args.users, args.beams, args.sasrec)
+    result = diagnose(
+        args.run_dir.resolve(), args.users, args.beams, args.first_code_weights, args.sasrec
+    )
     write_json(args.run_dir / "diagnosis.json", result)
     levels = ", ".join(f"{a:.3f}" for a in result["code_accuracy"])
     first = "  ".join(f"{k} {v:.4f}" for k, v in result["first_code"].items())
@@ -211,6 +232,11 @@ def main() -> None:
     for k, metrics in result["beam"].items():
         print(f"beam {k:>3}: recall@10 {metrics['recall@10']:.4f} ndcg@10 {metrics['ndcg@10']:.4f}")
     print(f"beam {max(args.beams)} " + bands(result["by_first_code"]))
+    for w, metrics in result["first_code_weight"].items():
+        print(
+            f"beam {max(args.beams)}, first code weighted {w:g}: "
+            f"recall@10 {metrics['recall@10']:.4f} ndcg@10 {metrics['ndcg@10']:.4f}"
+        )
     print("collisions: " + ", ".join(f"{k} {v:g}" for k, v in result["collisions"].items()))
     if "sasrec" in result:
         sasrec = result["sasrec"]

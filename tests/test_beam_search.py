@@ -36,13 +36,17 @@ def histories(codes: np.ndarray, users: int, seed: int = 1) -> torch.Tensor:
     return history
 
 
-def exhaustive_scores(model, history: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """Every item's full-ID log-probability by teacher forcing, one user at a time."""
+def exhaustive_scores(
+    model, history: torch.Tensor, codes: torch.Tensor, first_code_weight: float = 1.0
+) -> torch.Tensor:
+    """Every item's full-ID log-probability by teacher forcing, one user at a time (the first
+    code's weighted)."""
     scores = []
     with torch.no_grad():
         for row in history:
             logits = model(row.expand(len(codes), -1, -1), codes)
             logp = logits.log_softmax(-1).gather(2, codes[..., None]).squeeze(-1)
+            logp[:, 0] *= first_code_weight
             scores.append(logp.sum(1))
     return torch.stack(scores)
 
@@ -57,6 +61,20 @@ def test_full_width_beam_is_the_exact_ranking(model):
     expected = exact.argsort(dim=1, descending=True)
     assert torch.equal(items[:, :n], expected)
     assert torch.allclose(scores[:, :n], exact.gather(1, expected), atol=1e-4)
+
+
+def test_a_first_code_weight_reranks_as_the_weighted_exhaustive_scores(model):
+    """Below 1 the items of the model's later choices of first code move up."""
+    codes = catalogue(60)
+    history = histories(codes, 5)
+    trie = ItemTrie.from_codes(codes)
+    plain, _ = beam_search(model, trie, history, beam_size=64)
+    items, scores = beam_search(model, trie, history, beam_size=64, first_code_weight=0.3)
+    exact = exhaustive_scores(model, history, torch.as_tensor(codes), first_code_weight=0.3)
+    expected = exact.argsort(dim=1, descending=True)
+    assert torch.equal(items[:, : len(codes)], expected)
+    assert torch.allclose(scores[:, : len(codes)], exact.gather(1, expected), atol=1e-4)
+    assert not torch.equal(items, plain)
 
 
 def test_narrow_beam_returns_distinct_valid_items_best_first(model):

@@ -20,10 +20,14 @@ def beam_search(
     history_codes: Tensor,
     beam_size: int,
     user: Tensor | None = None,
+    first_code_weight: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """Top `beam_size` items per user, best first: (item ids, summed code log-probs) [B, beam].
 
-    Where fewer items exist than beams, the extra slots hold item -1 with score -inf.
+    `first_code_weight` scales the first code's log-probability in the sum (1: the model's
+    joint probability; below 1 the ranking crosses more readily into the model's second and
+    third choice of first code). Where fewer items exist than beams, the extra slots hold
+    item -1 with score -inf.
     """
     if trie.depth != model.config.codes_per_item:
         raise ValueError(
@@ -41,6 +45,8 @@ def beam_search(
         logp = model.decode_step(cache, prefix.flatten(0, 1)).float().log_softmax(-1)
         child, code, valid = trie.children(depth, node)
         step = logp.view(batch, beams, -1).gather(2, code.view(batch, beams, -1))
+        if depth == 0:
+            step = step * first_code_weight
         candidates = (score[..., None] + step).masked_fill(~valid, float("-inf"))
         width = min(beam_size, candidates[0].numel())
         score, pick = candidates.flatten(1).topk(width, dim=1)

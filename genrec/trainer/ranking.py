@@ -29,6 +29,7 @@ class BeamSearchRanker:
     """Exact beam search over the trie of group 0's IDs."""
 
     trie: ItemTrie
+    first_code_weight: float = 1.0  # the first code's share of an ID's score (beam_search)
 
     @classmethod
     def over(cls, codes: ItemCodes) -> "BeamSearchRanker":
@@ -37,4 +38,6 @@ class BeamSearchRanker:
 
     def top_k(self, model: GenerativeRecommender, batch: Batch, k: int) -> tuple[Tensor, Tensor]:
         """Scores are the IDs' summed code log-probabilities."""
-        return beam_search(model, self.trie, batch.history_codes, k, batch.user)
+        return beam_search(
+            model, self.trie, batch.history_codes, k, batch.user, self.first_code_weight
+        )
