@@ -22,9 +22,8 @@ sample of validation users:
 - **the SASRec beside it** (`--sasrec DIR`, a trained SASRec's folder on the same data, e.g.
   the tuned point of `benchmarks/converged.py`): the first code's recall, the oracle and the
   bands read off its item scores, so the gap to SASRec splits into the first code and the
-  rest. Its
-  first codes are ranked by its probability summed over each first code's items; its oracle
-  ranks the target among the items sharing its first code by SASRec's score.
+  rest. Its first codes are ranked by its probability summed over each first code's items;
+  its oracle ranks the target among the items sharing its first code by SASRec's score.
 Writes RUN_DIR/diagnosis.json and prints the figures.
 """
 
@@ -91,7 +90,7 @@ def rank_of(scores: torch.Tensor, target: torch.Tensor, among: torch.Tensor | No
 
 @torch.no_grad()
 def sasrec_levels(sasrec_dir: Path, valid: EvalSet, table: torch.Tensor) -> dict:
-    """The tuned SASRec's first-code accuracy and oracle recall on the same users."""
+    """The SASRec's first-code recall, oracle, ranking and bands on the same users."""
     model = load_sasrec(sasrec_dir)
     items = model.item_vectors.shape[0]
     if items != len(table):
@@ -165,7 +164,8 @@ def diagnose(
     widest, weighted = max(beams), {w: [] for w in weights}
     for rows, batch in eval_batches(valid, codes, cfg.evaluate.batch_size, desc="diagnose"):
         levels, ranks = teacher_forced(model, batch)
-        correct, first_ranks = correct + levels, [*first_ranks, ranks.numpy()]
+        correct = correct + levels
+        first_ranks.append(ranks.numpy())
         oracle.append(oracle_ranks(model, batch, table))
         for k in beams:
             items = ranker.top_k(model, batch, k)[0].numpy()
@@ -193,6 +193,10 @@ def diagnose(
         **sasrec,
         "code": code_version(),
     }
+
+
+def listed(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
 
 
 def bands(split: dict[str, dict[str, float]]) -> str:
@@ -223,12 +227,10 @@ def main() -> None:
     )
     write_json(args.run_dir / "diagnosis.json", result)
     levels = ", ".join(f"{a:.3f}" for a in result["code_accuracy"])
-    first = "  ".join(f"{k} {v:.4f}" for k, v in result["first_code"].items())
     print(f"{result['method']} on {result['validation_users']} validation users")
     print(f"teacher-forced code accuracy per level: {levels}")
-    print(f"the target's first code among the first codes: {first}")
-    oracle = result["oracle_first_code"]
-    print("oracle (true first code) " + "  ".join(f"{k} {v:.4f}" for k, v in oracle.items()))
+    print(f"the target's first code among the first codes: {listed(result['first_code'])}")
+    print(f"oracle (true first code) {listed(result['oracle_first_code'])}")
     for k, metrics in result["beam"].items():
         print(f"beam {k:>3}: recall@10 {metrics['recall@10']:.4f} ndcg@10 {metrics['ndcg@10']:.4f}")
     print(f"beam {max(args.beams)} " + bands(result["by_first_code"]))
@@ -240,11 +242,9 @@ def main() -> None:
     print("collisions: " + ", ".join(f"{k} {v:g}" for k, v in result["collisions"].items()))
     if "sasrec" in result:
         sasrec = result["sasrec"]
-        first = "  ".join(f"{k} {v:.4f}" for k, v in sasrec["first_code"].items())
-        oracle = "  ".join(f"{k} {v:.4f}" for k, v in sasrec["oracle_first_code"].items())
         ranking = sasrec["ranking"]
-        print(f"sasrec: the target's first code: {first}")
-        print(f"sasrec: oracle {oracle}")
+        print(f"sasrec: the target's first code: {listed(sasrec['first_code'])}")
+        print(f"sasrec: oracle {listed(sasrec['oracle_first_code'])}")
         print(f"sasrec: recall@10 {ranking['recall@10']:.4f} ndcg@10 {ranking['ndcg@10']:.4f}")
         print("sasrec: " + bands(sasrec["by_first_code"]))
     print(f"\ncommand: python {' '.join(sys.argv)}\nresults: {args.run_dir / 'diagnosis.json'}")
